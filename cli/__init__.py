@@ -1,0 +1,1 @@
+"""Command-line interface (installed as ``p2m_geo.cli``; entry point ``p2m-geo``)."""

@@ -1,0 +1,145 @@
+"""Image encoders returning the four feature maps (56, 28, 14, 7 px for a 224 input)."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["CNN18", "VGG16Trunk", "ResNet50Trunk", "build_encoder"]
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _conv(in_channels: int, out_channels: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel, stride, padding=kernel // 2),
+        nn.ReLU(inplace=True),
+    )
+
+
+class CNN18(nn.Module):
+    r"""The 18-layer VGG-style encoder of Pixel2Mesh.
+
+    Stages (3x3 convs unless noted, ReLU after each): 224 px: 2 x 16 ch; stride 2 to
+    112: 3 x 32; to 56: 3 x 64; to 28: 3 x 128; 5x5 stride 2 to 14: 3 x 256; 5x5
+    stride 2 to 7: 4 x 512. Returns the last map of the 56/28/14/7 stages.
+
+    Args:
+        width (float): channel multiplier (1.0 gives 64/128/256/512 = 960 features).
+
+    Shapes:
+        - **input:** :math:`(B, 3, 224, 224)` in :math:`[0, 1]`
+        - **output:** list of :math:`(B, C_m, 224/4 \cdot 2^{-m}, \cdot)`, :math:`m = 0..3`
+    """
+
+    def __init__(self, width: float = 1.0) -> None:
+        super().__init__()
+        c = [max(4, int(round(base * width))) for base in (16, 32, 64, 128, 256, 512)]
+        self.stem = nn.Sequential(
+            _conv(3, c[0]), _conv(c[0], c[0]),
+            _conv(c[0], c[1], stride=2), _conv(c[1], c[1]), _conv(c[1], c[1]),
+        )
+        self.stages = nn.ModuleList([
+            nn.Sequential(_conv(c[1], c[2], stride=2), _conv(c[2], c[2]), _conv(c[2], c[2])),
+            nn.Sequential(_conv(c[2], c[3], stride=2), _conv(c[3], c[3]), _conv(c[3], c[3])),
+            nn.Sequential(_conv(c[3], c[4], 5, 2), _conv(c[4], c[4]), _conv(c[4], c[4])),
+            nn.Sequential(_conv(c[4], c[5], 5, 2), _conv(c[5], c[5]), _conv(c[5], c[5]), _conv(c[5], c[5])),
+        ])
+        self.channels: List[int] = c[2:]
+
+    def forward(self, images: Tensor) -> List[Tensor]:
+        x = self.stem(images)
+        maps = []
+        for stage in self.stages:
+            x = stage(x)
+            maps.append(x)
+        return maps
+
+
+class _TorchvisionTrunk(nn.Module):
+    """Shared ImageNet normalisation and local-weights loading for torchvision trunks."""
+
+    channels: List[int]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def _load_local(self, network: nn.Module, weights_path: Optional[str]) -> None:
+        if weights_path is None:
+            return
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        missing, unexpected = network.load_state_dict(state, strict=False)
+        # A classification checkpoint carries the head too; the trunk must be complete.
+        trunk_missing = [k for k in missing if not k.startswith(("fc.", "classifier."))]
+        if trunk_missing:
+            raise ValueError(
+                f"backbone_weights: expected a {type(network).__name__} state dict, "
+                f"got one missing {len(trunk_missing)} keys (e.g. {trunk_missing[0]})"
+            )
+
+    def normalise(self, images: Tensor) -> Tensor:
+        return (images - self.mean) / self.std
+
+
+class VGG16Trunk(_TorchvisionTrunk):
+    """torchvision VGG16 convolutions; maps conv3_3 / conv4_3 / conv5_3 / pool5 (256/512/512/512 ch)."""
+
+    def __init__(self, weights_path: Optional[str] = None) -> None:
+        super().__init__()
+        from torchvision.models import vgg16
+
+        network = vgg16(weights=None)
+        self._load_local(network, weights_path)
+        features = network.features
+        # Indices into torchvision's vgg16.features: ReLU after conv3_3 = 15, conv4_3 = 22, conv5_3 = 29.
+        self.stages = nn.ModuleList([features[:16], features[16:23], features[23:30], features[30:]])
+        self.channels = [256, 512, 512, 512]
+
+    def forward(self, images: Tensor) -> List[Tensor]:
+        x = self.normalise(images)
+        maps = []
+        for stage in self.stages:
+            x = stage(x)
+            maps.append(x)
+        return maps
+
+
+class ResNet50Trunk(_TorchvisionTrunk):
+    """torchvision ResNet-50; maps layer1..layer4 (256/512/1024/2048 ch at 56/28/14/7 px)."""
+
+    def __init__(self, weights_path: Optional[str] = None) -> None:
+        super().__init__()
+        from torchvision.models import resnet50
+
+        network = resnet50(weights=None)
+        self._load_local(network, weights_path)
+        self.stem = nn.Sequential(network.conv1, network.bn1, network.relu, network.maxpool)
+        self.stages = nn.ModuleList([network.layer1, network.layer2, network.layer3, network.layer4])
+        self.channels = [256, 512, 1024, 2048]
+
+    def forward(self, images: Tensor) -> List[Tensor]:
+        x = self.stem(self.normalise(images))
+        maps = []
+        for stage in self.stages:
+            x = stage(x)
+            maps.append(x)
+        return maps
+
+
+def build_encoder(name: str, width: float = 1.0, weights_path: Optional[str] = None) -> nn.Module:
+    """Encoder by name: ``cnn18``, ``vgg16`` or ``resnet50`` (weights only from a local file)."""
+    if name == "cnn18":
+        if weights_path is not None:
+            encoder = CNN18(width)
+            encoder.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+            return encoder
+        return CNN18(width)
+    if name == "vgg16":
+        return VGG16Trunk(weights_path)
+    if name == "resnet50":
+        return ResNet50Trunk(weights_path)
+    raise ValueError(f"backbone: expected cnn18, vgg16 or resnet50, got {name!r}")

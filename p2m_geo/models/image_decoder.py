@@ -1,0 +1,52 @@
+"""2D U-Net decoder of the image-reconstruction branch (2018 PyTorch port's design)."""
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["ImageDecoder", "image_reconstruction_loss"]
+
+
+class ImageDecoder(nn.Module):
+    r"""Decode the encoder maps back to the input image, U-Net style.
+
+    Starting from the coarsest map, each step upsamples by 2 (bilinear), concatenates the
+    next finer encoder map (skip connection) and applies a 3x3 conv + ReLU; two further
+    upsampling steps bring the 56 px map to 224 px, where a 1x1 conv gives RGB logits.
+
+    Shapes:
+        - **input:** encoder maps :math:`(B, C_m, H_m, W_m)`, coarse last
+        - **output:** logits :math:`(B, 3, 4 H_0, 4 W_0)`
+    """
+
+    def __init__(self, channels: Sequence[int], width: int = 32) -> None:
+        super().__init__()
+        channels = list(channels)
+        self.merge = nn.ModuleList()
+        current = channels[-1]
+        for skip in reversed(channels[:-1]):
+            out = max(width, skip // 2)
+            self.merge.append(nn.Sequential(nn.Conv2d(current + skip, out, 3, padding=1), nn.ReLU(inplace=True)))
+            current = out
+        self.refine = nn.Sequential(
+            nn.Conv2d(current, width, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True),
+        )
+        self.to_rgb = nn.Conv2d(width, 3, 1)
+
+    def forward(self, feature_maps: List[Tensor]) -> Tensor:
+        x = feature_maps[-1]
+        for merge, skip in zip(self.merge, reversed(feature_maps[:-1])):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = merge(torch.cat([x, skip], dim=1))
+        x = F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)
+        return self.to_rgb(self.refine(x))
+
+
+def image_reconstruction_loss(logits: Tensor, images: Tensor) -> Tensor:
+    r"""BCE (with logits) + L1 of :math:`\sigma(\text{logits})` against the input in :math:`[0,1]`."""
+    bce = F.binary_cross_entropy_with_logits(logits, images)
+    return bce + (torch.sigmoid(logits) - images).abs().mean()

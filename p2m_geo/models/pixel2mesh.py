@@ -1,0 +1,149 @@
+"""The Pixel2Mesh network on batched PyG graphs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import Batch, Data
+
+from p2m_geo.config import ModelConfig
+from p2m_geo.mesh import ellipsoid_hierarchy
+from p2m_geo.models.encoders import build_encoder
+from p2m_geo.models.image_decoder import ImageDecoder
+from p2m_geo.nn import GraphProjection, GraphUnpooling, GResNet
+
+__all__ = ["Pixel2Mesh", "Pixel2MeshOutput"]
+
+NUM_LEVELS = 3
+
+
+@dataclass
+class Pixel2MeshOutput:
+    """What :meth:`Pixel2Mesh.forward` returns.
+
+    Attributes:
+        meshes: three :class:`~torch_geometric.data.Batch` (156 / 618 / 2466 vertices per
+            graph), the output of each deformation block, with ``pos``, ``edge_index``,
+            ``face``, ``batch`` and ``ptr``.
+        pos_before: ``pos`` fed to each block (the ellipsoid, then the unpooled
+            previous output), for the Laplacian and move losses.
+        image_logits: ``[B,3,224,224]`` from the image branch when requested, else None.
+    """
+
+    meshes: List[Batch]
+    pos_before: List[Tensor]
+    image_logits: Optional[Tensor] = None
+
+
+class Pixel2Mesh(nn.Module):
+    r"""Image -> mesh by three graph-convolutional deformations of an ellipsoid.
+
+    Block :math:`k` projects the current vertices into the image with each graph's own
+    camera (:class:`~p2m_geo.nn.GraphProjection`), concatenates the previous block's
+    hidden features (blocks 2 and 3), and predicts coordinate offsets with a
+    :class:`~p2m_geo.nn.GResNet`: :math:`\mathbf{P}_k = \mathbf{P}_{k-1}^{\uparrow} + \Delta\mathbf{P}_k`.
+    Between blocks, :class:`~p2m_geo.nn.GraphUnpooling` adds edge midpoints
+    (156 -> 618 -> 2466 vertices). The fixed topology of the three levels lives in
+    buffers, so ``.to(device)`` and checkpoints carry it.
+
+    Args:
+        config (ModelConfig): architecture; the default is the 2018 PyTorch port's
+            (cnn18, hidden 192, 6 residual pairs).
+
+    Shapes:
+        - **input:** ``images`` :math:`(B, 3, 224, 224)` in :math:`[0,1]`, ``intrinsics`` :math:`(B, 3, 3)`
+        - **output:** :class:`Pixel2MeshOutput`
+    """
+
+    def __init__(self, config: Optional[ModelConfig] = None) -> None:
+        super().__init__()
+        self.config = config = config or ModelConfig()
+        hierarchy = ellipsoid_hierarchy()
+        for level, data in enumerate(hierarchy.levels):
+            self.register_buffer(f"pos_{level}", data.pos)
+            self.register_buffer(f"edge_index_{level}", data.edge_index)
+            self.register_buffer(f"face_{level}", data.face)
+            if level < NUM_LEVELS - 1:
+                self.register_buffer(f"unpool_index_{level}", data.unpool_index)
+        self.encoder = build_encoder(config.backbone, config.encoder_width, config.backbone_weights)
+        feature_dim = 3 + sum(self.encoder.channels)
+        self.projection = GraphProjection(config.image_size)
+        self.unpooling = GraphUnpooling()
+        self.blocks = nn.ModuleList(
+            GResNet(
+                feature_dim + (config.hidden if level > 0 else 0),
+                config.hidden,
+                config.num_residual,
+                aggr=config.aggr,
+            )
+            for level in range(NUM_LEVELS)
+        )
+        self.image_decoder = ImageDecoder(self.encoder.channels) if config.image_branch else None
+        self._topology_cache: Dict[Tuple, Batch] = {}
+
+    def template(self, level: int) -> Data:
+        """The undeformed ellipsoid of ``level`` (0, 1, 2) as a single-graph ``Data``."""
+        data = Data(
+            pos=getattr(self, f"pos_{level}"),
+            edge_index=getattr(self, f"edge_index_{level}"),
+            face=getattr(self, f"face_{level}"),
+        )
+        if level < NUM_LEVELS - 1:
+            data.unpool_index = getattr(self, f"unpool_index_{level}")
+        return data
+
+    def batched_template(self, level: int, batch_size: int) -> Batch:
+        """``batch_size`` copies of :meth:`template` as a ``Batch`` (offsets by PyG), cached."""
+        buffer = getattr(self, f"pos_{level}")
+        key = (level, batch_size, buffer.device, buffer.dtype)
+        batch = self._topology_cache.get(key)
+        if batch is None:
+            batch = Batch.from_data_list([self.template(level)] * batch_size)
+            self._topology_cache[key] = batch
+        return batch
+
+    def _apply(self, fn, *args, **kwargs):
+        self._topology_cache = {}
+        return super()._apply(fn, *args, **kwargs)
+
+    def forward(
+        self, images: Tensor, intrinsics: Tensor, reconstruct_image: bool = False
+    ) -> Pixel2MeshOutput:
+        if images.dim() != 4 or images.size(1) != 3:
+            raise ValueError(f"images: expected [B,3,H,W], got {list(images.shape)}")
+        batch_size = images.size(0)
+        if intrinsics.shape != (batch_size, 3, 3):
+            raise ValueError(
+                f"intrinsics: expected [{batch_size},3,3] (one camera per image), got {list(intrinsics.shape)}"
+            )
+        feature_maps = self.encoder(images)
+        intrinsics = intrinsics.to(feature_maps[0].dtype)
+
+        meshes, pos_before = [], []
+        topology = self.batched_template(0, batch_size)
+        pos, hidden = topology.pos, None
+        for level, block in enumerate(self.blocks):
+            if level > 0:
+                previous = meshes[-1]
+                carried, _ = self.unpooling(
+                    torch.cat([previous.pos, hidden], dim=-1), previous.unpool_index, previous.batch
+                )
+                topology = self.batched_template(level, batch_size)
+                pos, hidden = carried[:, :3], carried[:, 3:]
+            features = self.projection(pos, topology.batch, intrinsics, feature_maps)
+            if hidden is not None:
+                features = torch.cat([features, hidden], dim=-1)
+            offset, hidden = block(features, topology.edge_index)
+            pos_before.append(pos)
+            mesh = topology.clone()
+            mesh.pos = pos + offset
+            meshes.append(mesh)
+
+        image_logits = None
+        if reconstruct_image:
+            if self.image_decoder is None:
+                raise ValueError("reconstruct_image: the model was built with image_branch=False")
+            image_logits = self.image_decoder(feature_maps)
+        return Pixel2MeshOutput(meshes=meshes, pos_before=pos_before, image_logits=image_logits)

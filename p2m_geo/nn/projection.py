@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.utils import to_dense_batch
+
+from p2m_geo.camera import IMAGE_SIZE, project
+
+__all__ = ["GraphProjection", "pixel_to_grid"]
+
+
+def pixel_to_grid(uv: Tensor, image_size: int = IMAGE_SIZE) -> Tensor:
+    r"""Pixel coordinates of the ``image_size`` input to ``grid_sample`` coordinates.
+
+    With ``align_corners=False`` a map of any resolution :math:`H` that covers the input
+    image spans :math:`[-1, 1]` edge to edge, so pixel centre :math:`u` maps to
+    :math:`2 (u + 0.5) / S - 1` for every map (56, 28, 14 or 7 px alike).
+    """
+    return (uv + 0.5) * (2.0 / image_size) - 1.0
+
+
+class GraphProjection(nn.Module):
+    r"""Perceptual feature pooling: each vertex gathers image features where it projects.
+
+    For vertex :math:`i` of graph :math:`b`, with pixel position
+    :math:`(u_i, v_i) = \pi_{K_b}(\mathbf{p}_i)` (see :func:`p2m_geo.camera.project`),
+
+    .. math::
+        \mathbf{x}_i = \mathbf{p}_i \,\Vert\, \big\Vert_{m} \operatorname{bilinear}
+        \big(\mathbf{F}^{(m)}_b, u_i, v_i\big)
+
+    over the feature maps :math:`\mathbf{F}^{(m)}`. Coordinates outside a map are
+    clamped to its border (as the original Pixel2Mesh does). Sampling is bilinear in
+    continuous coordinates, so gradients reach both the features and :math:`\mathbf{p}_i`.
+
+    It is a plain module rather than a ``MessagePassing``: every vertex reads from a
+    dense image, there is no graph neighbourhood to aggregate over.
+
+    Args:
+        image_size (int): side of the square network input the intrinsics refer to.
+
+    Shapes:
+        - **input:** ``pos`` :math:`(|\mathcal{V}|, 3)`, ``batch`` :math:`(|\mathcal{V}|)`,
+          ``intrinsics`` :math:`(B, 3, 3)`, ``feature_maps`` list of :math:`(B, C_m, H_m, W_m)`
+        - **output:** :math:`(|\mathcal{V}|, 3 + \sum_m C_m)`
+    """
+
+    def __init__(self, image_size: int = IMAGE_SIZE) -> None:
+        super().__init__()
+        self.image_size = image_size
+
+    def forward(
+        self, pos: Tensor, batch: Tensor, intrinsics: Tensor, feature_maps: Sequence[Tensor]
+    ) -> Tensor:
+        grid = pixel_to_grid(project(pos, intrinsics[batch]), self.image_size)
+        dense_grid, mask = to_dense_batch(grid, batch, batch_size=intrinsics.size(0))
+        dense_grid = dense_grid.unsqueeze(2)  # [B, Nmax, 1, 2]
+        sampled = [pos]
+        for fmap in feature_maps:
+            values = F.grid_sample(
+                fmap, dense_grid.to(fmap.dtype), mode="bilinear", padding_mode="border",
+                align_corners=False,
+            )  # [B, C, Nmax, 1]
+            sampled.append(values.squeeze(-1).transpose(1, 2)[mask].to(pos.dtype))
+        return torch.cat(sampled, dim=-1)
+
+    def extra_repr(self) -> str:
+        return f"image_size={self.image_size}"

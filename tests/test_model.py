@@ -1,0 +1,252 @@
+"""Pixel2Mesh layers and network against hand-written references."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch_geometric.data import Batch, Data
+
+from p2m_geo import ModelConfig, Pixel2Mesh
+from p2m_geo.camera import default_intrinsics
+from p2m_geo.config import to_dict
+from p2m_geo.nn import GraphProjection, GraphUnpooling, GResNet
+
+SMALL = ModelConfig(encoder_width=0.25, hidden=16, num_residual=1)
+
+
+def three_cameras(dtype=torch.float64) -> torch.Tensor:
+    return torch.tensor(
+        [
+            [[248.0, 0, 111.5], [0, 248.0, 111.5], [0, 0, 1]],
+            [[180.0, 0, 100.0], [0, 200.0, 120.0], [0, 0, 1]],
+            [[300.0, 0, 130.0], [0, 290.0, 90.0], [0, 0, 1]],
+        ],
+        dtype=dtype,
+    )
+
+
+def bilinear_reference(fmap: np.ndarray, u: float, v: float, image_size: int = 224) -> np.ndarray:
+    """Sample ``fmap [C,H,W]`` at input-pixel (u, v): pixel centres, clamp to the border."""
+    channels, height, width = fmap.shape
+    x = (u + 0.5) * width / image_size - 0.5
+    y = (v + 0.5) * height / image_size - 0.5
+    x = min(max(x, 0.0), width - 1.0)
+    y = min(max(y, 0.0), height - 1.0)
+    x0, y0 = int(math.floor(x)), int(math.floor(y))
+    x1, y1 = min(x0 + 1, width - 1), min(y0 + 1, height - 1)
+    ax, ay = x - x0, y - y0
+    return (
+        fmap[:, y0, x0] * (1 - ax) * (1 - ay)
+        + fmap[:, y0, x1] * ax * (1 - ay)
+        + fmap[:, y1, x0] * (1 - ax) * ay
+        + fmap[:, y1, x1] * ax * ay
+    )
+
+
+def random_vertices(count: int, generator: torch.Generator) -> torch.Tensor:
+    xy = (torch.rand(count, 2, generator=generator, dtype=torch.float64) - 0.5) * 0.8
+    z = -0.5 - torch.rand(count, 1, generator=generator, dtype=torch.float64)
+    return torch.cat([xy, z], dim=1)
+
+
+def test_projection_matches_per_vertex_loop():
+    generator = torch.Generator().manual_seed(1)
+    sizes = [5, 9, 7]
+    pos = torch.cat([random_vertices(n, generator) for n in sizes])
+    pos[0] = torch.tensor([5.0, 5.0, -1.0], dtype=torch.float64)  # far outside: border clamp
+    batch = torch.repeat_interleave(torch.arange(3), torch.tensor(sizes))
+    maps = [torch.randn(3, c, s, s, generator=generator, dtype=torch.float64) for c, s in ((4, 56), (3, 28), (2, 14), (5, 7))]
+    intrinsics = three_cameras()
+    out = GraphProjection()(pos, batch, intrinsics, maps)
+    assert out.shape == (sum(sizes), 3 + 4 + 3 + 2 + 5)
+    for i in range(len(pos)):
+        x, y, z = pos[i].tolist()
+        k = intrinsics[batch[i]].numpy()
+        u = k[0, 0] * x / -z + k[0, 2]
+        v = k[1, 1] * -y / -z + k[1, 2]
+        expected = [pos[i].numpy()] + [bilinear_reference(m[batch[i]].numpy(), u, v) for m in maps]
+        np.testing.assert_allclose(out[i].numpy(), np.concatenate(expected), rtol=1e-10, atol=1e-10)
+
+
+def test_projection_gradient_wrt_pos_matches_finite_differences():
+    generator = torch.Generator().manual_seed(2)
+    pos = random_vertices(6, generator).requires_grad_(True)
+    batch = torch.tensor([0, 0, 0, 1, 1, 1])
+    maps = [torch.randn(2, 3, 28, 28, generator=generator, dtype=torch.float64)]
+    intrinsics = three_cameras()[:2]
+    projection = GraphProjection()
+
+    def sampled_features(p):
+        return projection(p, batch, intrinsics, maps)[:, 3:]
+
+    assert torch.autograd.gradcheck(sampled_features, (pos,), eps=1e-7, atol=1e-5)
+    grad = torch.autograd.grad(sampled_features(pos).sum(), pos)[0]
+    assert grad.abs().sum() > 0
+
+
+def test_unpooling_appends_midpoint_features_per_graph():
+    # two graphs of 3 and 4 vertices with pair lists of 2 and 3 pairs
+    graphs = [
+        Data(x=torch.randn(3, 5), unpool_index=torch.tensor([[0, 1], [1, 2]]).t(), num_nodes=3),
+        Data(x=torch.randn(4, 5), unpool_index=torch.tensor([[0, 3], [2, 3], [1, 0]]).t(), num_nodes=4),
+    ]
+    batch = Batch.from_data_list(graphs)
+    x, new_batch = GraphUnpooling()(batch.x, batch.unpool_index, batch.batch)
+    expected, expected_batch = [], []
+    for g, data in enumerate(graphs):
+        rows = [data.x[i] for i in range(data.num_nodes)]
+        rows += [(data.x[i] + data.x[j]) / 2 for i, j in data.unpool_index.t().tolist()]
+        expected += rows
+        expected_batch += [g] * len(rows)
+    torch.testing.assert_close(x, torch.stack(expected))
+    assert new_batch.tolist() == expected_batch
+
+
+def test_gresnet_matches_dense_reference():
+    generator = torch.Generator().manual_seed(3)
+    num_nodes, channels, hidden = 7, 4, 6
+    edges = [(0, 1), (1, 2), (2, 3), (3, 0), (0, 2), (4, 5), (5, 6), (6, 4), (2, 4)]
+    edge_index = torch.tensor(edges + [(j, i) for i, j in edges]).t()
+    x = torch.randn(num_nodes, channels, generator=generator, dtype=torch.float64)
+    network = GResNet(channels, hidden, num_residual=2).double()
+    adjacency = np.zeros((num_nodes, num_nodes))
+    for i, j in edge_index.t().tolist():
+        adjacency[j, i] = 1.0
+    mean_adjacency = adjacency / adjacency.sum(1, keepdims=True)
+
+    def conv(layer, h):
+        w_rel = layer.lin_rel.weight.detach().numpy()
+        b_rel = layer.lin_rel.bias.detach().numpy()
+        w_root = layer.lin_root.weight.detach().numpy()
+        return (mean_adjacency @ h) @ w_rel.T + b_rel + h @ w_root.T
+
+    relu = lambda a: np.maximum(a, 0)  # noqa: E731
+    h = relu(conv(network.conv_in, x.numpy()))
+    for block in network.residual:
+        h = 0.5 * (h + relu(conv(block.conv2, relu(conv(block.conv1, h)))))
+    offsets, hidden_out = network(x, edge_index)
+    np.testing.assert_allclose(hidden_out.detach().numpy(), h, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(offsets.detach().numpy(), conv(network.conv_out, h), rtol=1e-10, atol=1e-12)
+
+
+def expected_parameter_count(config: ModelConfig, feature_channels) -> int:
+    def graph_conv(c_in, c_out):
+        return 2 * c_in * c_out + c_out  # lin_rel (with bias) + lin_root
+
+    def gresnet(c_in):
+        h = config.hidden
+        return graph_conv(c_in, h) + config.num_residual * 2 * graph_conv(h, h) + graph_conv(h, 3)
+
+    width = [max(4, int(round(b * config.encoder_width))) for b in (16, 32, 64, 128, 256, 512)]
+    convs = [(3, width[0], 3), (width[0], width[0], 3), (width[0], width[1], 3), (width[1], width[1], 3), (width[1], width[1], 3)]
+    previous = width[1]
+    # the stride-2 conv opening each stage is 5x5 for the 14 and 7 px stages, the rest 3x3
+    for c, k, n in ((width[2], 3, 3), (width[3], 3, 3), (width[4], 5, 3), (width[5], 5, 4)):
+        for i in range(n):
+            convs.append((previous, c, k if i == 0 else 3))
+            previous = c
+    encoder = sum(ci * co * k * k + co for ci, co, k in convs)
+    features = 3 + sum(feature_channels)
+    return encoder + gresnet(features) + 2 * gresnet(features + config.hidden)
+
+
+def test_default_model_parameter_count():
+    config = ModelConfig(image_branch=False)
+    model = Pixel2Mesh(config)
+    assert model.encoder.channels == [64, 128, 256, 512]
+    count = sum(p.numel() for p in model.parameters())
+    assert count == expected_parameter_count(config, [64, 128, 256, 512])
+    print(f"Pixel2Mesh default (cnn18, hidden 192) parameters: {count:,}")
+
+
+def test_forward_shapes_and_topology():
+    model = Pixel2Mesh(SMALL).eval()
+    out = model(torch.rand(2, 3, 224, 224), default_intrinsics(2), reconstruct_image=True)
+    for mesh, (v, e, f) in zip(out.meshes, [(156, 462, 308), (618, 1848, 1232), (2466, 7392, 4928)]):
+        assert mesh.num_graphs == 2
+        assert mesh.pos.shape == (2 * v, 3)
+        assert mesh.edge_index.shape == (2, 4 * e)
+        assert mesh.face.shape == (3, 2 * f)
+        assert mesh.batch.tolist() == [0] * v + [1] * v
+        assert int(mesh.face[:, f:].min()) == v  # second graph's faces are offset by PyG
+    assert out.image_logits.shape == (2, 3, 224, 224)
+    torch.testing.assert_close(out.pos_before[0], model.pos_0.repeat(2, 1))
+
+
+def run_batch_equivalence(device: torch.device) -> None:
+    torch.manual_seed(0)
+    model = Pixel2Mesh(ModelConfig()).to(device).eval()
+    images = torch.rand(4, 3, 224, 224, device=device)
+    intrinsics = torch.stack([three_cameras(torch.float32)[i % 3] for i in range(4)]).to(device)
+    intrinsics[3, 0, 0] = 220.0
+    with torch.no_grad():
+        together = model(images, intrinsics)
+        for i in range(4):
+            alone = model(images[i : i + 1], intrinsics[i : i + 1])
+            for level in range(3):
+                mask = together.meshes[level].batch == i
+                torch.testing.assert_close(
+                    together.meshes[level].pos[mask], alone.meshes[level].pos, atol=1e-5, rtol=1e-5
+                )
+    # different cameras must matter: graphs 0 and 3 share nothing
+    assert not torch.allclose(together.meshes[2].pos[together.meshes[2].batch == 0], together.meshes[2].pos[together.meshes[2].batch == 3])
+
+
+def test_batch_equivalence_cpu():
+    run_batch_equivalence(torch.device("cpu"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU here")
+def test_batch_equivalence_cuda():
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    run_batch_equivalence(torch.device("cuda"))
+
+
+@pytest.mark.slow
+def test_forward_backward_batch_of_8_default_model():
+    model = Pixel2Mesh(ModelConfig())
+    out = model(torch.rand(8, 3, 224, 224), default_intrinsics(8), reconstruct_image=True)
+    loss = sum(mesh.pos.square().mean() for mesh in out.meshes) + out.image_logits.mean()
+    loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None, name
+        assert torch.isfinite(parameter.grad).all(), name
+    # gradients reach the encoder through the vertex projection, not only through the image branch
+    model.zero_grad()
+    out = model(torch.rand(2, 3, 224, 224), default_intrinsics(2))
+    out.meshes[2].pos.square().sum().backward()
+    assert model.encoder.stages[0][0][0].weight.grad.abs().sum() > 0
+
+
+def test_save_and_reload_weights_only(tmp_path):
+    model = Pixel2Mesh(SMALL).eval()
+    path = tmp_path / "model.pt"
+    torch.save({"model_config": to_dict(model.config), "state_dict": model.state_dict()}, path)
+    checkpoint = torch.load(path, weights_only=True)
+    restored = Pixel2Mesh(ModelConfig(**checkpoint["model_config"])).eval()
+    restored.load_state_dict(checkpoint["state_dict"], strict=True)
+    images = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(images, default_intrinsics(1)).meshes[2].pos, restored(images, default_intrinsics(1)).meshes[2].pos
+        )
+
+
+def test_wrong_intrinsics_shape_is_a_clear_error():
+    model = Pixel2Mesh(SMALL)
+    with pytest.raises(ValueError, match=r"intrinsics: expected \[2,3,3\].*got \[3, 3\]"):
+        model(torch.rand(2, 3, 224, 224), default_intrinsics(1)[0])
+
+
+@pytest.mark.parametrize("backbone,channels", [("vgg16", [256, 512, 512, 512]), ("resnet50", [256, 512, 1024, 2048])])
+def test_torchvision_backbones_give_four_maps(backbone, channels):
+    from p2m_geo.models import build_encoder
+
+    encoder = build_encoder(backbone).eval()
+    with torch.no_grad():
+        maps = encoder(torch.rand(1, 3, 224, 224))
+    assert [m.shape[1] for m in maps] == channels
+    assert [m.shape[-1] for m in maps] == [56, 28, 14, 7]
