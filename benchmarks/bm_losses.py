@@ -1,0 +1,207 @@
+"""Benchmark the mesh-loss implementations (Laplacian + edge + normal) and chamfer.
+
+Implementations of the regularisers compared, all vectorised:
+  padded     the original Pixel2Mesh layout: a [V,10] neighbour table padded with -1
+             (8 neighbour slots), gathered with index_select; per-graph means by reshape
+  index_add  this project's default: p2m_geo.losses over edge_index, scatter by index_add_
+  pyg        the same functions with torch_geometric.utils.scatter
+  torch_scatter   the same functions on the torch_scatter backend (if installed)
+  sparse     block-diagonal row-normalised adjacency as torch.sparse CSR, L p = p - A p
+
+Chamfer: p2m_geo.losses.chamfer_distance vs a dense torch.cdist on padded batches.
+
+Usage: python benchmarks/bm_losses.py [--quick] [--device cpu|cuda] [--write]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Dict
+
+import torch
+from torch_geometric.data import Batch
+from torch_geometric.utils import to_dense_batch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_description, peak_memory_bytes, time_call, write_section  # noqa: E402
+
+from p2m_geo import losses, scatter as scatter_backend  # noqa: E402
+from p2m_geo.mesh import ellipsoid_hierarchy  # noqa: E402
+
+log = logging.getLogger("bm_losses")
+MAX_NEIGHBOURS = 8
+
+
+def padded_neighbour_table(edge_index: torch.Tensor, num_nodes: int) -> torch.Tensor:
+    """[V, 8] neighbour table padded with -1, as in the original info_ellipsoid.dat[7]."""
+    table = torch.full((num_nodes, MAX_NEIGHBOURS), -1, dtype=torch.long)
+    fill = [0] * num_nodes
+    for s, t in edge_index.t().tolist():
+        table[t, fill[t]] = s
+        fill[t] += 1
+    return table
+
+
+class Problem:
+    """One batch of B copies of a level, with perturbed positions and random GT normals."""
+
+    def __init__(self, level: int, batch_size: int, device: torch.device, dtype=torch.float32, seed: int = 0):
+        template = ellipsoid_hierarchy().levels[level]
+        generator = torch.Generator().manual_seed(seed)
+        self.batch = Batch.from_data_list([template] * batch_size).to(device)
+        noise = torch.randn(self.batch.pos.shape, generator=generator) * 0.02
+        self.before = self.batch.pos.to(dtype)
+        self.after = (self.batch.pos + noise.to(device)).to(dtype)
+        self.normals = torch.randn(self.batch.pos.shape, generator=generator).to(device, dtype)
+        self.num_graphs, self.num_nodes = batch_size, template.num_nodes
+        # padded layout (offset per graph; -1 -> a zero row appended at the end)
+        table = padded_neighbour_table(template.edge_index, template.num_nodes)
+        offsets = (torch.arange(batch_size) * template.num_nodes).view(-1, 1, 1)
+        batched = (table.unsqueeze(0) + offsets).view(-1, MAX_NEIGHBOURS)
+        batched[table.repeat(batch_size, 1) < 0] = batch_size * template.num_nodes
+        self.table = batched.to(device)
+        self.count = (table >= 0).sum(1).repeat(batch_size).to(device, dtype).unsqueeze(1)
+        # sparse layout: row-normalised adjacency, block diagonal
+        e = self.batch.edge_index
+        degree = torch.bincount(e[1], minlength=self.batch.num_nodes).to(dtype)
+        values = (1.0 / degree)[e[1]]
+        n = self.batch.num_nodes
+        self.adjacency = torch.sparse_coo_tensor(e.flip(0), values, (n, n)).coalesce().to_sparse_csr()
+
+    def regularisers(self, impl: str, pos: torch.Tensor) -> torch.Tensor:
+        b = self.batch
+        if impl in scatter_backend.BACKENDS:
+            scatter_backend.set_scatter_backend(impl)
+            try:
+                return (
+                    losses.laplacian_loss(self.before, pos, b.edge_index, b.batch, self.num_graphs)
+                    + losses.edge_length_loss(pos, b.edge_index, b.batch, self.num_graphs)
+                    + losses.normal_loss(pos, b.edge_index, b.batch, self.normals, self.num_graphs)
+                )
+            finally:
+                scatter_backend.set_scatter_backend("index_add")
+        shape = (self.num_graphs, self.num_nodes)
+        e = b.edge_index
+        edge = pos[e[1]] - pos[e[0]]
+        edge_len = edge.square().sum(-1).view(self.num_graphs, -1).mean(1)
+        unit = edge / edge.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        normal = self.normals[e[0]]
+        normal = normal / normal.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        normal_term = (unit * normal).sum(-1).abs().view(self.num_graphs, -1).mean(1)
+        displacement = pos - self.before
+        if impl == "padded":
+            padded = torch.cat([displacement, displacement.new_zeros(1, 3)])
+            neighbour_sum = padded.index_select(0, self.table.view(-1)).view(-1, MAX_NEIGHBOURS, 3).sum(1)
+            delta = displacement - neighbour_sum / self.count
+        elif impl == "sparse":
+            delta = displacement - torch.sparse.mm(self.adjacency, displacement)
+        else:
+            raise ValueError(impl)
+        lap = delta.square().sum(-1).view(shape).mean(1)
+        return (lap + edge_len + normal_term).mean()
+
+
+def regulariser_rows(levels, batch_sizes, device, repeats) -> str:
+    impls = ["padded", "index_add", "pyg"] + (["torch_scatter"] if scatter_backend.torch_scatter_available() else []) + ["sparse"]
+    rows = ["| level (V) | B | implementation | fwd ms (IQR) | fwd+bwd ms (IQR) | saved/peak MB | max abs grad err vs float64 | bit-identical grads |",
+            "|---|---|---|---|---|---|---|---|"]
+    for level in levels:
+        for batch_size in batch_sizes:
+            problem = Problem(level, batch_size, device)
+            ref = Problem(level, batch_size, device, dtype=torch.float64)
+            pos64 = ref.after.clone().requires_grad_(True)
+            grad64 = torch.autograd.grad(ref.regularisers("padded", pos64), pos64)[0]
+            values = {}
+            for impl in impls:
+                pos = problem.after.clone().requires_grad_(True)
+                values[impl] = problem.regularisers(impl, pos)
+            reference_value = float(ref.regularisers("padded", ref.after))
+            for impl, value in values.items():  # all implementations must agree before timing
+                if abs(value.item() - reference_value) > 1e-5 * max(1.0, abs(reference_value)):
+                    raise AssertionError(f"{impl} disagrees: {value.item()} vs float64 {reference_value}")
+            for impl in impls:
+                pos = problem.after.clone().requires_grad_(True)
+
+                def forward():
+                    with torch.no_grad():
+                        return problem.regularisers(impl, pos)
+
+                def forward_backward():
+                    return torch.autograd.grad(problem.regularisers(impl, pos), pos)[0]
+
+                fwd, fwd_iqr = time_call(forward, device, repeats)
+                both, both_iqr = time_call(forward_backward, device, repeats)
+                memory = peak_memory_bytes(lambda: problem.regularisers(impl, pos), device) / 2**20
+                grad_a, grad_b = forward_backward(), forward_backward()
+                error = (grad_a.double() - grad64).abs().max().item()
+                identical = bool(torch.equal(grad_a, grad_b))
+                rows.append(
+                    f"| {level + 1} ({problem.num_nodes}) | {batch_size} | {impl} | {fwd:.3f} ({fwd_iqr:.3f}) | "
+                    f"{both:.3f} ({both_iqr:.3f}) | {memory:.1f} | {error:.1e} | {'yes' if identical else 'no'} |"
+                )
+                log.info(rows[-1])
+    return "\n".join(rows)
+
+
+def dense_cdist_chamfer(x, xb, y, yb, num_graphs):
+    dx, mx = to_dense_batch(x, xb, batch_size=num_graphs)
+    dy, my = to_dense_batch(y, yb, batch_size=num_graphs)
+    d = torch.cdist(dx, dy).square()
+    big = torch.finfo(d.dtype).max
+    x_to_y = d.masked_fill(~my.unsqueeze(1), big).min(2).values
+    y_to_x = d.masked_fill(~mx.unsqueeze(2), big).min(1).values
+    return ((x_to_y * mx).sum(1) / mx.sum(1)).mean() + ((y_to_x * my).sum(1) / my.sum(1)).mean()
+
+
+def chamfer_rows(batch_sizes, device, repeats, gt_points: int = 9000) -> str:
+    template = ellipsoid_hierarchy().levels[2]
+    rows = ["| B | implementation | fwd+bwd ms (IQR) | saved/peak MB |", "|---|---|---|---|"]
+    for batch_size in batch_sizes:
+        generator = torch.Generator().manual_seed(1)
+        x = (template.pos.repeat(batch_size, 1) + 0.02 * torch.randn(batch_size * template.num_nodes, 3, generator=generator)).to(device)
+        xb = torch.arange(batch_size).repeat_interleave(template.num_nodes).to(device)
+        y = (0.3 * torch.randn(batch_size * gt_points, 3, generator=generator) + torch.tensor([0, 0, -0.8])).to(device)
+        yb = torch.arange(batch_size).repeat_interleave(gt_points).to(device)
+        x = x.requires_grad_(True)
+        ours = lambda: sum(losses.chamfer_distance(x, xb, y, yb, batch_size)[:2])  # noqa: E731
+        dense = lambda: dense_cdist_chamfer(x, xb, y, yb, batch_size)  # noqa: E731
+        a, b = ours().item(), dense().item()
+        if abs(a - b) > 1e-4 * abs(b):
+            raise AssertionError(f"chamfer implementations disagree: {a} vs {b}")
+        for name, fn in (("p2m_geo chunked", ours), ("dense torch.cdist", dense)):
+            ms, iqr = time_call(lambda: torch.autograd.grad(fn(), x), device, repeats, warmup=1)
+            memory = peak_memory_bytes(fn, device) / 2**20
+            rows.append(f"| {batch_size} | {name} | {ms:.1f} ({iqr:.1f}) | {memory:.0f} |")
+            log.info(rows[-1])
+    return "\n".join(rows)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="level 3, B in {1, 8}, few repeats (< 1 min on 2 cores)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--write", action="store_true", help="write the tables into benchmarks/RESULTS.md")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    device = torch.device(args.device)
+    if args.quick:
+        levels, batch_sizes, chamfer_sizes, repeats = [2], [1, 8], [1, 8], 5
+    else:
+        levels, batch_sizes, chamfer_sizes, repeats = [0, 1, 2], [1, 8, 32], [1, 8, 32], 20
+    machine = machine_description(device)
+    regularisers = regulariser_rows(levels, batch_sizes, device, repeats)
+    chamfer = chamfer_rows(chamfer_sizes, device, max(3, repeats // 4))
+    body = (
+        f"Machine: {machine}\n\nLaplacian + edge + normal losses, float32 "
+        f"(memory: CUDA allocator peak on GPU, tensors saved for backward on CPU):\n\n{regularisers}\n\n"
+        f"Chamfer, level-3 prediction (2466 vertices) vs 9000 GT points per graph:\n\n{chamfer}\n"
+    )
+    print(body)
+    if args.write:
+        write_section(f"Losses ({device.type}{', quick' if args.quick else ''})", body)
+
+
+if __name__ == "__main__":
+    main()

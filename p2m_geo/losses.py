@@ -1,0 +1,238 @@
+r"""Pixel2Mesh losses on batched PyG meshes.
+
+Every loss is a pure function that computes one value per graph and reduces them with
+``reduction`` (``'mean'`` over graphs, ``'sum'``, or ``'none'`` for ``[B]``), so each
+mesh weighs the same whatever its vertex count. Neighbourhoods come from
+``edge_index`` (both directions, PyG convention) through scatter reductions
+(:mod:`p2m_geo.scatter`), so graphs of any size batch together.
+
+:class:`P2MLoss` combines them with :class:`~p2m_geo.config.LossWeights`. Mapping to the
+original TensorFlow code (whose terms are scaled by 3000 relative to chamfer = 1):
+
+=====================  ===============================  =====================
+term                   original                         here (÷ 3000)
+=====================  ===============================  =====================
+chamfer GT→pred        ``mean(dist1) * 3000``           ``chamfer = 1``
+chamfer pred→GT        ``0.55 * mean(dist2) * 3000``    ``chamfer_pred_to_gt = 0.55``
+normal                 ``mean(cos) * 0.5``              ``normal = 1.6e-4`` (0.5/3000 = 1.67e-4)
+edge length            ``mean(|e|^2) * 300``            ``edge = 0.1``
+Laplacian              ``mean(|Δδ|^2) * 1500``          ``laplacian = 0.3`` (0.5 in TF scale)
+Laplacian, block 1     extra factor 0.1                 ``laplacian_first_block = 0.1``
+move (blocks 2, 3)     ``mean(|Δp|^2) * 100``           ``move = 0.1`` (0.033 in TF scale)
+=====================  ===============================  =====================
+
+The Laplacian and move defaults follow the 2018 PyTorch port rather than the TF
+scale; set ``laplacian: 0.5, move: 0.0333`` to reproduce the TF weighting exactly.
+"""
+from __future__ import annotations
+
+from typing import Dict, NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.utils import to_dense_batch
+
+from p2m_geo.config import LossWeights
+from p2m_geo.scatter import scatter
+
+__all__ = [
+    "ChamferResult",
+    "chamfer_distance",
+    "edge_length_loss",
+    "laplacian",
+    "laplacian_loss",
+    "normal_loss",
+    "move_loss",
+    "P2MLoss",
+]
+
+#: Memory the chunked nearest-neighbour search may use for one distance block.
+CHAMFER_CHUNK_BYTES = 256 * 1024 * 1024
+
+
+def _num_graphs(batch: Tensor, num_graphs: Optional[int]) -> int:
+    return int(batch.max()) + 1 if num_graphs is None else num_graphs
+
+
+def _reduce(per_graph: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return per_graph.mean()
+    if reduction == "sum":
+        return per_graph.sum()
+    if reduction == "none":
+        return per_graph
+    raise ValueError(f"reduction: expected 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+class ChamferResult(NamedTuple):
+    """Per-graph chamfer terms (reduced as asked) and the nearest-neighbour indices.
+
+    ``x_to_y[b]`` is the mean over points of graph ``b`` in ``x`` of the squared distance
+    to the nearest point of the same graph in ``y``; ``x_nearest [Nx]`` indexes ``y``.
+    """
+
+    x_to_y: Tensor
+    y_to_x: Tensor
+    x_nearest: Tensor
+    y_nearest: Tensor
+
+
+@torch.no_grad()
+def _nearest_indices(
+    query: Tensor, query_batch: Tensor, points: Tensor, points_batch: Tensor, num_graphs: int, chunk_bytes: int
+) -> Tensor:
+    """For each query row, the flat index in ``points`` of its nearest point of the same graph."""
+    dense_points, points_mask = to_dense_batch(points, points_batch, batch_size=num_graphs)
+    dense_query, query_mask = to_dense_batch(query, query_batch, batch_size=num_graphs)
+    # |q - p|^2 = |q|^2 - 2 q.p + |p|^2; |q|^2 does not change the argmin. Padding -> +inf.
+    squared_norm = dense_points.square().sum(-1)
+    squared_norm = squared_norm.masked_fill(~points_mask, float("inf"))
+    points_t = dense_points.transpose(1, 2)
+    bytes_per_row = num_graphs * dense_points.size(1) * dense_points.element_size()
+    rows = max(1, chunk_bytes // max(1, bytes_per_row))
+    nearest = []
+    for start in range(0, dense_query.size(1), rows):
+        block = torch.baddbmm(squared_norm.unsqueeze(1), dense_query[:, start : start + rows], points_t, alpha=-2.0)
+        nearest.append(block.argmin(dim=-1))
+    local = torch.cat(nearest, dim=1)  # [B, Nq_max], index within the graph
+    offsets = torch.cumsum(points_mask.sum(1), 0) - points_mask.sum(1)  # PyG ptr[:-1]
+    return (local + offsets.unsqueeze(1))[query_mask]
+
+
+def chamfer_distance(
+    x: Tensor,
+    x_batch: Tensor,
+    y: Tensor,
+    y_batch: Tensor,
+    num_graphs: Optional[int] = None,
+    reduction: str = "mean",
+    chunk_bytes: int = CHAMFER_CHUNK_BYTES,
+) -> ChamferResult:
+    r"""Exact, batched, memory-bounded chamfer distance (squared Euclidean).
+
+    .. math::
+        d_{x\to y}(b) = \frac{1}{|X_b|}\sum_{p\in X_b}\min_{q\in Y_b}\lVert p-q\rVert^2,
+        \qquad d_{y\to x}(b) \text{ likewise.}
+
+    Nearest neighbours are found without gradient by a chunked matrix-product search
+    (at most ``chunk_bytes`` per distance block), then the distances are recomputed
+    exactly as :math:`\lVert p - q^*\rVert^2`, which is differentiable in both clouds.
+    No compiled extension is needed.
+
+    Args:
+        x, y: points ``[Nx,3]`` and ``[Ny,3]``; ``x_batch``, ``y_batch``: their graph ids
+            (sorted, as in a PyG ``Batch``). Every graph must have points in both.
+        num_graphs: number of graphs (default: from the batch vectors).
+
+    Returns:
+        :class:`ChamferResult` with ``x_to_y``, ``y_to_x`` (``[B]`` when
+        ``reduction='none'``) and the nearest indices ``x_nearest [Nx]`` (into ``y``),
+        ``y_nearest [Ny]`` (into ``x``).
+    """
+    num_graphs = max(_num_graphs(x_batch, num_graphs), _num_graphs(y_batch, num_graphs))
+    x_counts = torch.bincount(x_batch, minlength=num_graphs)
+    y_counts = torch.bincount(y_batch, minlength=num_graphs)
+    if bool(((x_counts == 0) | (y_counts == 0)).any()):
+        raise ValueError("chamfer_distance: expected every graph to have points in both x and y, got an empty graph")
+    x_nearest = _nearest_indices(x.detach(), x_batch, y.detach(), y_batch, num_graphs, chunk_bytes)
+    y_nearest = _nearest_indices(y.detach(), y_batch, x.detach(), x_batch, num_graphs, chunk_bytes)
+    x_dist = (x - y[x_nearest]).square().sum(-1)
+    y_dist = (y - x[y_nearest]).square().sum(-1)
+    x_to_y = scatter(x_dist, x_batch, num_graphs, reduce="mean")
+    y_to_x = scatter(y_dist, y_batch, num_graphs, reduce="mean")
+    return ChamferResult(_reduce(x_to_y, reduction), _reduce(y_to_x, reduction), x_nearest, y_nearest)
+
+
+def edge_length_loss(pos: Tensor, edge_index: Tensor, batch: Tensor, num_graphs: Optional[int] = None,
+                     reduction: str = "mean") -> Tensor:
+    r"""Mean squared edge length per graph, :math:`\frac{1}{|E_b|}\sum_{(i,j)\in E_b}\lVert p_i-p_j\rVert^2`.
+
+    With both directions in ``edge_index`` every edge counts twice, which leaves the mean unchanged.
+    """
+    num_graphs = _num_graphs(batch, num_graphs)
+    source, target = edge_index
+    squared = (pos[source] - pos[target]).square().sum(-1)
+    return _reduce(scatter(squared, batch[source], num_graphs, reduce="mean"), reduction)
+
+
+def laplacian(pos: Tensor, edge_index: Tensor) -> Tensor:
+    r"""Uniform Laplacian coordinates :math:`\delta_i = p_i - \frac{1}{|N(i)|}\sum_{j\in N(i)} p_j`."""
+    source, target = edge_index
+    return pos - scatter(pos[source], target, pos.size(0), reduce="mean")
+
+
+def laplacian_loss(pos_before: Tensor, pos_after: Tensor, edge_index: Tensor, batch: Tensor,
+                   num_graphs: Optional[int] = None, reduction: str = "mean") -> Tensor:
+    r"""Per-graph mean of :math:`\lVert \delta_i(\text{after}) - \delta_i(\text{before})\rVert^2`.
+
+    By linearity this is the Laplacian of the displacement, computed in one pass.
+    """
+    num_graphs = _num_graphs(batch, num_graphs)
+    delta = laplacian(pos_after - pos_before, edge_index)
+    return _reduce(scatter(delta.square().sum(-1), batch, num_graphs, reduce="mean"), reduction)
+
+
+def normal_loss(pos: Tensor, edge_index: Tensor, batch: Tensor, gt_normals_of_nearest: Tensor,
+                num_graphs: Optional[int] = None, reduction: str = "mean", eps: float = 1e-12) -> Tensor:
+    r"""Normal consistency: per-graph mean over edges :math:`(i,j)` of
+    :math:`\lvert\langle \hat n_i, (p_j - p_i)/\lVert p_j - p_i\rVert\rangle\rvert`,
+    with :math:`\hat n_i` the (normalised) GT normal of the GT point nearest to vertex :math:`i`
+    (``gt_normals_of_nearest[i]``), as in the original. Both edge directions are used,
+    so each edge is judged against the normals at both of its ends.
+    """
+    num_graphs = _num_graphs(batch, num_graphs)
+    source, target = edge_index
+    edge = pos[target] - pos[source]
+    edge = edge / edge.norm(dim=-1, keepdim=True).clamp_min(eps)
+    normal = gt_normals_of_nearest[source]
+    normal = normal / normal.norm(dim=-1, keepdim=True).clamp_min(eps)
+    cosine = (edge * normal).sum(-1).abs()
+    return _reduce(scatter(cosine, batch[source], num_graphs, reduce="mean"), reduction)
+
+
+def move_loss(pos_before: Tensor, pos_after: Tensor, batch: Tensor, num_graphs: Optional[int] = None,
+              reduction: str = "mean") -> Tensor:
+    r"""Per-graph mean squared vertex displacement :math:`\lVert p_i^{after} - p_i^{before}\rVert^2`."""
+    num_graphs = _num_graphs(batch, num_graphs)
+    squared = (pos_after - pos_before).square().sum(-1)
+    return _reduce(scatter(squared, batch, num_graphs, reduce="mean"), reduction)
+
+
+class P2MLoss(nn.Module):
+    """All Pixel2Mesh training losses for the three blocks, weighted by :class:`LossWeights`.
+
+    ``forward(output, target, images=None)`` takes a :class:`~p2m_geo.Pixel2MeshOutput`
+    and the ground truth as a PyG ``Batch`` with ``pos`` and ``normal`` (``[M,3]`` each) and
+    ``batch``; ``images`` enables the image-reconstruction term when the output has
+    ``image_logits``. Returns ``(total, terms)`` where ``terms`` maps each weighted term
+    (summed over blocks) to a scalar; ``total`` is their sum.
+    """
+
+    def __init__(self, weights: Optional[LossWeights] = None) -> None:
+        super().__init__()
+        self.weights = weights or LossWeights()
+
+    def forward(self, output, target, images: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+        w = self.weights
+        num_graphs = output.meshes[0].num_graphs
+        terms: Dict[str, Tensor] = {}
+
+        def add(name: str, value: Tensor) -> None:
+            terms[name] = terms[name] + value if name in terms else value
+
+        for block, (mesh, before) in enumerate(zip(output.meshes, output.pos_before)):
+            chamfer = chamfer_distance(mesh.pos, mesh.batch, target.pos, target.batch, num_graphs)
+            add("chamfer", w.chamfer * chamfer.y_to_x + w.chamfer_pred_to_gt * chamfer.x_to_y)
+            add("normal", w.normal * normal_loss(mesh.pos, mesh.edge_index, mesh.batch,
+                                                 target.normal[chamfer.x_nearest], num_graphs))
+            add("edge", w.edge * edge_length_loss(mesh.pos, mesh.edge_index, mesh.batch, num_graphs))
+            factor = w.laplacian_first_block if block == 0 else 1.0
+            add("laplacian", factor * w.laplacian * laplacian_loss(before, mesh.pos, mesh.edge_index, mesh.batch, num_graphs))
+            if block > 0:
+                add("move", w.move * move_loss(before, mesh.pos, mesh.batch, num_graphs))
+        if images is not None and output.image_logits is not None:
+            from p2m_geo.models.image_decoder import image_reconstruction_loss
+
+            add("image", w.image * image_reconstruction_loss(output.image_logits, images))
+        total = torch.stack(list(terms.values())).sum()
+        return total, terms

@@ -1,0 +1,246 @@
+"""Mesh losses against float64 loops / dense numpy written here, independently."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch_geometric.data import Batch, Data
+
+from p2m_geo.data import load_dat
+from p2m_geo.losses import (
+    P2MLoss,
+    chamfer_distance,
+    edge_length_loss,
+    laplacian_loss,
+    move_loss,
+    normal_loss,
+)
+from p2m_geo.mesh import ellipsoid_hierarchy
+
+
+@pytest.fixture(scope="module")
+def levels():
+    return ellipsoid_hierarchy().levels
+
+
+def perturbed(data: Data, seed: int, scale: float = 0.02) -> Data:
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(data.pos.shape, generator=generator, dtype=torch.float64) * scale
+    return Data(pos=data.pos.double() + noise, edge_index=data.edge_index, face=data.face)
+
+
+def neighbours(edge_index: torch.Tensor, num_nodes: int):
+    table = [[] for _ in range(num_nodes)]
+    for s, t in edge_index.t().tolist():
+        table[t].append(s)
+    return table
+
+
+def mixed_batch(levels, seed=0):
+    """Graphs of different sizes, the real level-3 topology among them."""
+    graphs = [perturbed(levels[0], seed), perturbed(levels[2], seed + 1), perturbed(levels[1], seed + 2)]
+    return graphs, Batch.from_data_list(graphs)
+
+
+def ref_edge_length(data: Data) -> float:
+    pos = data.pos.numpy()
+    return float(np.mean([np.sum((pos[s] - pos[t]) ** 2) for s, t in data.edge_index.t().tolist()]))
+
+
+def ref_laplacian_coords(pos: np.ndarray, table) -> np.ndarray:
+    return np.stack([pos[i] - np.mean([pos[j] for j in table[i]], axis=0) for i in range(len(pos))])
+
+
+def ref_laplacian_loss(before: np.ndarray, after: np.ndarray, edge_index) -> float:
+    table = neighbours(edge_index, len(before))
+    diff = ref_laplacian_coords(after, table) - ref_laplacian_coords(before, table)
+    return float(np.mean(np.sum(diff**2, axis=1)))
+
+
+def ref_chamfer(x: np.ndarray, y: np.ndarray):
+    d = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+    return d.min(1).mean(), d.min(0).mean(), d.argmin(1), d.argmin(0)
+
+
+def ref_normal_loss(pos: np.ndarray, edge_index, normals: np.ndarray) -> float:
+    values = []
+    for s, t in edge_index.t().tolist():
+        edge = pos[t] - pos[s]
+        n = normals[s] / np.linalg.norm(normals[s])
+        values.append(abs(np.dot(edge / np.linalg.norm(edge), n)))
+    return float(np.mean(values))
+
+
+@pytest.fixture(params=["index_add", "pyg", "torch_scatter"])
+def scatter_backend(request):
+    from p2m_geo import scatter
+
+    if request.param == "torch_scatter" and not scatter.torch_scatter_available():
+        pytest.skip("torch_scatter (optional extra) is not installed")
+    scatter.set_scatter_backend(request.param)
+    yield request.param
+    scatter.set_scatter_backend("index_add")
+
+
+def test_edge_length_matches_loop(levels, scatter_backend):
+    graphs, batch = mixed_batch(levels)
+    values = edge_length_loss(batch.pos, batch.edge_index, batch.batch, reduction="none")
+    expected = [ref_edge_length(g) for g in graphs]
+    np.testing.assert_allclose(values.numpy(), expected, rtol=1e-12)
+    torch.testing.assert_close(edge_length_loss(batch.pos, batch.edge_index, batch.batch), values.mean())
+
+
+def test_laplacian_matches_loop(levels, scatter_backend):
+    graphs, batch = mixed_batch(levels)
+    _, after = mixed_batch(levels, seed=10)
+    values = laplacian_loss(batch.pos, after.pos, batch.edge_index, batch.batch, reduction="none")
+    expected = [
+        ref_laplacian_loss(g.pos.numpy(), a.pos.numpy(), g.edge_index)
+        for g, a in zip(graphs, after.to_data_list())
+    ]
+    np.testing.assert_allclose(values.numpy(), expected, rtol=1e-10)
+
+
+def test_move_matches_loop(levels):
+    graphs, batch = mixed_batch(levels)
+    _, after = mixed_batch(levels, seed=5)
+    values = move_loss(batch.pos, after.pos, batch.batch, reduction="none")
+    expected = [np.mean(np.sum((a.pos.numpy() - g.pos.numpy()) ** 2, 1)) for g, a in zip(graphs, after.to_data_list())]
+    np.testing.assert_allclose(values.numpy(), expected, rtol=1e-12)
+
+
+def random_clouds(sizes, seed):
+    generator = torch.Generator().manual_seed(seed)
+    clouds = [torch.randn(n, 3, generator=generator, dtype=torch.float64) for n in sizes]
+    batch = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    return clouds, torch.cat(clouds), batch
+
+
+@pytest.mark.parametrize("chunk_bytes", [256 * 1024 * 1024, 2000])
+def test_chamfer_matches_dense_reference(chunk_bytes):
+    xs, x, xb = random_clouds([40, 7, 120], seed=1)
+    ys, y, yb = random_clouds([90, 33, 15], seed=2)
+    result = chamfer_distance(x, xb, y, yb, reduction="none", chunk_bytes=chunk_bytes)
+    x_off = y_off = 0
+    for b, (xi, yi) in enumerate(zip(xs, ys)):
+        d_xy, d_yx, nn_x, nn_y = ref_chamfer(xi.numpy(), yi.numpy())
+        assert result.x_to_y[b].item() == pytest.approx(d_xy, rel=1e-12)
+        assert result.y_to_x[b].item() == pytest.approx(d_yx, rel=1e-12)
+        np.testing.assert_array_equal(result.x_nearest[x_off : x_off + len(xi)].numpy() - y_off, nn_x)
+        np.testing.assert_array_equal(result.y_nearest[y_off : y_off + len(yi)].numpy() - x_off, nn_y)
+        x_off += len(xi)
+        y_off += len(yi)
+
+
+def test_chamfer_on_real_shapenet_points(levels, shared_data):
+    folder = shared_data / "shapenet_p2m" / "sample_abcd" / "rendering"
+    gts = [load_dat(folder / f"{v:02d}.dat") for v in (0, 1)]
+    preds = [levels[2].pos.numpy(), levels[1].pos.numpy()]
+    x = torch.from_numpy(np.concatenate(preds))
+    xb = torch.repeat_interleave(torch.arange(2), torch.tensor([len(p) for p in preds]))
+    y = torch.from_numpy(np.concatenate([g[:, :3] for g in gts]))
+    yb = torch.repeat_interleave(torch.arange(2), torch.tensor([len(g) for g in gts]))
+    result = chamfer_distance(x, xb, y, yb, reduction="none")
+    for b in range(2):
+        d_xy, d_yx, _, _ = ref_chamfer(preds[b].astype(np.float64), gts[b][:, :3].astype(np.float64))
+        assert result.x_to_y[b].item() == pytest.approx(d_xy, rel=1e-5)
+        assert result.y_to_x[b].item() == pytest.approx(d_yx, rel=1e-5)
+
+
+def test_normal_loss_matches_loop(levels, scatter_backend):
+    graphs, batch = mixed_batch(levels)
+    generator = torch.Generator().manual_seed(4)
+    normals = torch.randn(batch.num_nodes, 3, generator=generator, dtype=torch.float64)
+    values = normal_loss(batch.pos, batch.edge_index, batch.batch, normals, reduction="none")
+    offset = 0
+    for b, g in enumerate(graphs):
+        expected = ref_normal_loss(g.pos.numpy(), g.edge_index, normals[offset : offset + g.num_nodes].numpy())
+        assert values[b].item() == pytest.approx(expected, rel=1e-10)
+        offset += g.num_nodes
+
+
+def small_mesh_batch(levels):
+    graphs = [perturbed(levels[0], 1), perturbed(levels[0], 2)]
+    return Batch.from_data_list(graphs)
+
+
+def test_gradients_match_finite_differences(levels):
+    batch = small_mesh_batch(levels)
+    before = batch.pos.clone()
+    pos = (batch.pos + 0.01 * torch.randn_like(batch.pos)).requires_grad_(True)
+    generator = torch.Generator().manual_seed(9)
+    gt = torch.randn(60, 3, generator=generator, dtype=torch.float64) * 0.2 + torch.tensor([0, 0, -0.8], dtype=torch.float64)
+    gt_batch = torch.repeat_interleave(torch.arange(2), torch.tensor([25, 35]))
+    normals = torch.randn(batch.num_nodes, 3, generator=generator, dtype=torch.float64)
+    e, b = batch.edge_index, batch.batch
+
+    checks = {
+        "edge": lambda p: edge_length_loss(p, e, b),
+        "laplacian": lambda p: laplacian_loss(before, p, e, b),
+        "move": lambda p: move_loss(before, p, b),
+        "normal": lambda p: normal_loss(p, e, b, normals),
+        "chamfer": lambda p: sum(chamfer_distance(p, b, gt, gt_batch)[:2]),
+    }
+    for name, fn in checks.items():
+        assert torch.autograd.gradcheck(fn, (pos,), eps=1e-6, atol=1e-5), name
+
+
+def test_batch_of_four_equals_four_single_calls(levels):
+    graphs = [perturbed(levels[k % 3], k) for k in range(4)]
+    afters = [perturbed(levels[k % 3], 10 + k) for k in range(4)]
+    gts = [torch.randn(50 + 10 * k, 3, dtype=torch.float64) for k in range(4)]
+    batch, after = Batch.from_data_list(graphs), Batch.from_data_list(afters)
+    gt = torch.cat(gts)
+    gt_batch = torch.repeat_interleave(torch.arange(4), torch.tensor([len(g) for g in gts]))
+    chamfer = chamfer_distance(batch.pos, batch.batch, gt, gt_batch, reduction="none")
+    batched = {
+        "edge": edge_length_loss(batch.pos, batch.edge_index, batch.batch, reduction="none"),
+        "laplacian": laplacian_loss(batch.pos, after.pos, batch.edge_index, batch.batch, reduction="none"),
+        "move": move_loss(batch.pos, after.pos, batch.batch, reduction="none"),
+        "chamfer": chamfer.x_to_y + chamfer.y_to_x,
+    }
+    for k, (g, a) in enumerate(zip(graphs, afters)):
+        zeros = torch.zeros(g.num_nodes, dtype=torch.long)
+        single = chamfer_distance(g.pos, zeros, gts[k], torch.zeros(len(gts[k]), dtype=torch.long))
+        expected = {
+            "edge": edge_length_loss(g.pos, g.edge_index, zeros),
+            "laplacian": laplacian_loss(g.pos, a.pos, g.edge_index, zeros),
+            "move": move_loss(g.pos, a.pos, zeros),
+            "chamfer": single.x_to_y + single.y_to_x,
+        }
+        for name in batched:
+            torch.testing.assert_close(batched[name][k], expected[name], rtol=1e-12, atol=1e-14, msg=name)
+
+
+def test_reduction_and_empty_graph_errors():
+    pos = torch.randn(4, 3)
+    batch = torch.tensor([0, 0, 2, 2])
+    with pytest.raises(ValueError, match="reduction: expected 'mean', 'sum' or 'none', got 'avg'"):
+        move_loss(pos, pos, batch, reduction="avg")
+    with pytest.raises(ValueError, match="empty graph"):
+        chamfer_distance(pos, batch, pos, batch)
+
+
+def test_p2m_loss_combines_weighted_terms():
+    from p2m_geo import ModelConfig, Pixel2Mesh
+    from p2m_geo.camera import default_intrinsics
+    from p2m_geo.config import LossWeights
+
+    model = Pixel2Mesh(ModelConfig(encoder_width=0.25, hidden=16, num_residual=1))
+    images = torch.rand(2, 3, 224, 224)
+    output = model(images, default_intrinsics(2), reconstruct_image=True)
+    gt = Batch.from_data_list([
+        Data(pos=torch.randn(300, 3) * 0.2 + torch.tensor([0, 0, -0.8]), normal=torch.randn(300, 3)),
+        Data(pos=torch.randn(200, 3) * 0.2 + torch.tensor([0, 0, -0.8]), normal=torch.randn(200, 3)),
+    ])
+    weights = LossWeights()
+    total, terms = P2MLoss(weights)(output, gt, images)
+    assert set(terms) == {"chamfer", "normal", "edge", "laplacian", "move", "image"}
+    torch.testing.assert_close(total, sum(terms.values()))
+    # the edge term is the weighted sum over the three blocks of the pure function
+    expected_edge = sum(weights.edge * edge_length_loss(m.pos, m.edge_index, m.batch) for m in output.meshes)
+    torch.testing.assert_close(terms["edge"], expected_edge)
+    expected_move = sum(weights.move * move_loss(b, m.pos, m.batch) for b, m in zip(output.pos_before[1:], output.meshes[1:]))
+    torch.testing.assert_close(terms["move"], expected_move)
+    total.backward()
+    assert model.blocks[0].conv_out.lin_rel.weight.grad.abs().sum() > 0
