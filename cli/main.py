@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 import click
+
+# torch_geometric scripts a helper at import time; the deprecation is torch's, not actionable here.
+warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
 
 from p2m_geo import __version__
 
@@ -46,6 +50,10 @@ def info(hidden: int | None, backbone: str) -> None:
         )
     click.echo(f"parameters ({backbone}, hidden {config.hidden}): {sum(p.numel() for p in model.parameters()):,}")
 
+
+from p2m_geo.cli.data import data  # noqa: E402
+
+cli.add_command(data)
 
 if __name__ == "__main__":
     cli()

@@ -31,6 +31,14 @@ def _numpy_reconstruct():
     return _reconstruct
 
 
+def _numpy_frombuffer():
+    try:
+        from numpy._core.numeric import _frombuffer
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.numeric import _frombuffer
+    return _frombuffer
+
+
 def _numpy_scalar():
     try:
         from numpy._core.multiarray import scalar
@@ -46,6 +54,9 @@ _ALLOWED_GLOBALS = {
     ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    # protocol 5 out-of-band-capable arrays: _frombuffer(bytes, dtype, shape, order)
+    ("numpy.core.numeric", "_frombuffer"): _numpy_frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _numpy_frombuffer,
     ("numpy", "ndarray"): lambda: np.ndarray,
     ("numpy", "dtype"): lambda: np.dtype,
     # Python 3 writes bytes as _codecs.encode(str, "latin1") at protocols < 3; it only encodes text.

@@ -6,9 +6,10 @@ import pickle
 
 import numpy as np
 
+from p2m_geo.io_utils import atomic_write_bytes
 from p2m_geo.safe_pickle import UnsafePickleError, restricted_loads
 
-__all__ = ["DatFileError", "load_dat", "MAX_DAT_BYTES"]
+__all__ = ["DatFileError", "load_dat", "save_dat", "MAX_DAT_BYTES"]
 
 #: Largest .dat accepted (real files are ~0.3 MB); bounds memory on hostile input.
 MAX_DAT_BYTES = 256 * 1024 * 1024
@@ -52,3 +53,14 @@ def load_dat(path: str | os.PathLike) -> np.ndarray:
     if not np.isfinite(array).all():
         raise DatFileError(f"{path}: expected finite values, got NaN or Inf")
     return array
+
+
+def save_dat(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write a float32 ``[N,6]`` array as a ShapeNetP2M ``.dat`` (pickle protocol 2, atomic).
+
+    Protocol 2 keeps the files readable by the original Python-2 Pixel2Mesh code.
+    """
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if array.ndim != 2 or array.shape[1] != 6:
+        raise ValueError(f"array: expected [N,6], got {list(array.shape)}")
+    atomic_write_bytes(path, pickle.dumps(array, protocol=2))

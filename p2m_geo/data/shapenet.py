@@ -1,0 +1,226 @@
+"""ShapeNetP2M dataset (the Pixel2Mesh layout) and its batch collation."""
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+from torch_geometric.data import Batch, Data
+
+from p2m_geo.camera import default_intrinsics
+from p2m_geo.data.dat import DatFileError, load_dat
+from p2m_geo.data.images import ImageFileError, load_image
+
+__all__ = [
+    "SYNSET_TO_CATEGORY",
+    "CATEGORY_TO_SYNSET",
+    "SampleRef",
+    "FileListError",
+    "read_file_list",
+    "ShapeNetP2M",
+    "SampleBatch",
+    "collate_samples",
+]
+
+log = logging.getLogger(__name__)
+
+#: The 13 ShapeNet classes of Pixel2Mesh.
+SYNSET_TO_CATEGORY: Dict[str, str] = {
+    "02691156": "airplane",
+    "02828884": "bench",
+    "02933112": "cabinet",
+    "02958343": "car",
+    "03001627": "chair",
+    "03211117": "display",
+    "03636649": "lamp",
+    "03691459": "loudspeaker",
+    "04090263": "rifle",
+    "04256520": "sofa",
+    "04379243": "table",
+    "04401088": "telephone",
+    "04530566": "watercraft",
+}
+CATEGORY_TO_SYNSET = {name: synset for synset, name in SYNSET_TO_CATEGORY.items()}
+LIST_PREFIX = "Data/ShapeNetP2M/"
+
+
+class FileListError(ValueError):
+    """A file list that is empty, malformed or names files that do not exist."""
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """One line of a file list: ``<synset>/<model>/rendering/<view>.dat``."""
+
+    synset: str
+    model: str
+    view: str
+    line: int
+
+    @property
+    def relative_dat(self) -> str:
+        return f"{self.synset}/{self.model}/rendering/{self.view}.dat"
+
+    @property
+    def name(self) -> str:
+        return f"{self.synset}/{self.model}/{self.view}"
+
+    @property
+    def category(self) -> str:
+        return SYNSET_TO_CATEGORY.get(self.synset, self.synset)
+
+
+def _parse_line(text: str, number: int, source: str) -> SampleRef:
+    relative = text[len(LIST_PREFIX):] if text.startswith(LIST_PREFIX) else text
+    parts = relative.split("/")
+    if len(parts) != 4 or parts[2] != "rendering" or not parts[3].endswith(".dat") or not all(parts):
+        raise FileListError(
+            f"{source}:{number}: expected '[Data/ShapeNetP2M/]<synset>/<model>/rendering/<view>.dat', got {text!r}"
+        )
+    return SampleRef(parts[0], parts[1], parts[3][: -len(".dat")], number)
+
+
+def read_file_list(file_list: Union[str, os.PathLike, Sequence[str]]) -> List[SampleRef]:
+    """Parse a file list (text file, ``.gz`` text file, or a sequence of lines).
+
+    Blank lines and ``#`` comments are skipped; the ``Data/ShapeNetP2M/`` prefix is optional.
+    """
+    if isinstance(file_list, (str, os.PathLike)):
+        source = str(file_list)
+        path = Path(file_list)
+        if not path.is_file():
+            raise FileListError(f"file list: expected a text file, got {'a directory' if path.is_dir() else 'no such file'}: {source}")
+        opener = gzip.open if path.suffix == ".gz" else open
+        try:
+            with opener(path, "rt", encoding="utf-8") as handle:
+                lines = handle.read().splitlines()
+        except (OSError, UnicodeDecodeError, EOFError) as error:
+            raise FileListError(f"file list: expected UTF-8 text, got an unreadable file {source} ({error})") from None
+    else:
+        source, lines = "<list>", list(file_list)
+    refs = [
+        _parse_line(line.strip(), number, source)
+        for number, line in enumerate(lines, start=1)
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    if not refs:
+        raise FileListError(f"file list: expected at least one sample line, got none in {source}")
+    return refs
+
+
+class ShapeNetP2M(Dataset):
+    """ShapeNetP2M views: R2N2 rendering + camera-frame GT points and normals.
+
+    Args:
+        root: folder holding ``<synset>/<model>/rendering/<view>.{dat,png}`` (the
+            ``Data/ShapeNetP2M`` folder of the official release, or a generated one).
+        file_list: list file or lines (see :func:`read_file_list`).
+        image_size: network input side (224).
+        on_bad_sample: ``'fail'`` raises on an unreadable sample naming the file;
+            ``'skip'`` logs it and returns the next readable sample instead.
+
+    Each item is a dict: ``image [3,224,224]`` in [0,1], ``points [N,3]``,
+    ``normals [N,3]``, ``intrinsics [3,3]``, ``synset``, ``category``, ``name``.
+    """
+
+    def __init__(
+        self,
+        root: Union[str, os.PathLike],
+        file_list: Union[str, os.PathLike, Sequence[str]],
+        image_size: int = 224,
+        on_bad_sample: str = "fail",
+        check_files: bool = True,
+    ) -> None:
+        if on_bad_sample not in ("fail", "skip"):
+            raise ValueError(f"on_bad_sample: expected 'fail' or 'skip', got {on_bad_sample!r}")
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileListError(f"data root: expected a folder, got {'a file' if self.root.exists() else 'no such folder'}: {root}")
+        self.samples = read_file_list(file_list)
+        self.image_size = image_size
+        self.on_bad_sample = on_bad_sample
+        self.intrinsics = default_intrinsics(1)[0]
+        if check_files:
+            for ref in self.samples:
+                for suffix in (".dat", ".png"):
+                    path = self.root / ref.relative_dat.replace(".dat", suffix)
+                    if not path.is_file():
+                        raise FileListError(f"file list line {ref.line}: expected {path} to exist, got no such file")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def paths(self, index: int):
+        ref = self.samples[index]
+        dat = self.root / ref.relative_dat
+        return dat, dat.with_suffix(".png")
+
+    def _load(self, index: int) -> Dict[str, object]:
+        ref = self.samples[index]
+        dat_path, png_path = self.paths(index)
+        points = torch.from_numpy(load_dat(dat_path))
+        return {
+            "image": load_image(png_path, self.image_size),
+            "points": points[:, :3].contiguous(),
+            "normals": points[:, 3:].contiguous(),
+            "intrinsics": self.intrinsics.clone(),
+            "synset": ref.synset,
+            "category": ref.category,
+            "name": ref.name,
+        }
+
+    def __getitem__(self, index: int) -> Dict[str, object]:
+        for attempt in range(len(self)):
+            current = (index + attempt) % len(self)
+            try:
+                return self._load(current)
+            except (DatFileError, ImageFileError) as error:
+                if self.on_bad_sample == "fail":
+                    raise
+                log.warning("skipping bad sample (line %d): %s", self.samples[current].line, error)
+        raise FileListError("dataset: every sample failed to load")
+
+
+@dataclass
+class SampleBatch:
+    """A collated batch: images, per-image cameras and the GT clouds as a PyG ``Batch``."""
+
+    images: Tensor  # [B,3,H,W]
+    intrinsics: Tensor  # [B,3,3]
+    target: Batch  # pos [M,3], normal [M,3], batch [M]
+    categories: List[str]
+    names: List[str]
+
+    def to(self, device: Union[str, torch.device], non_blocking: bool = False) -> "SampleBatch":
+        return SampleBatch(
+            self.images.to(device, non_blocking=non_blocking),
+            self.intrinsics.to(device, non_blocking=non_blocking),
+            self.target.to(device, non_blocking=non_blocking),
+            self.categories,
+            self.names,
+        )
+
+    def pin_memory(self) -> "SampleBatch":
+        return SampleBatch(self.images.pin_memory(), self.intrinsics.pin_memory(), self.target.pin_memory(),
+                           self.categories, self.names)
+
+    def __len__(self) -> int:
+        return self.images.size(0)
+
+
+def collate_samples(items: Sequence[Dict[str, object]]) -> SampleBatch:
+    """Collate dataset items (clouds of different sizes) into a :class:`SampleBatch`."""
+    target = Batch.from_data_list([Data(pos=item["points"], normal=item["normals"]) for item in items])
+    return SampleBatch(
+        images=torch.stack([item["image"] for item in items]),
+        intrinsics=torch.stack([item["intrinsics"] for item in items]),
+        target=target,
+        categories=[item["category"] for item in items],
+        names=[item["name"] for item in items],
+    )
