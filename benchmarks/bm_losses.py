@@ -8,7 +8,8 @@ Implementations of the regularisers compared, all vectorised:
   torch_scatter   the same functions on the torch_scatter backend (if installed)
   sparse     block-diagonal row-normalised adjacency as torch.sparse CSR, L p = p - A p
 
-Chamfer: p2m_geo.losses.chamfer_distance vs a dense torch.cdist on padded batches.
+Chamfer: p2m_geo.losses.chamfer_distance (KD-tree and chunked matmul searches) vs a dense
+torch.cdist on padded batches.
 
 Usage: python benchmarks/bm_losses.py [--quick] [--device cpu|cuda] [--write]
 """
@@ -165,12 +166,18 @@ def chamfer_rows(batch_sizes, device, repeats, gt_points: int = 9000) -> str:
         y = (0.3 * torch.randn(batch_size * gt_points, 3, generator=generator) + torch.tensor([0, 0, -0.8])).to(device)
         yb = torch.arange(batch_size).repeat_interleave(gt_points).to(device)
         x = x.requires_grad_(True)
-        ours = lambda: sum(losses.chamfer_distance(x, xb, y, yb, batch_size)[:2])  # noqa: E731
-        dense = lambda: dense_cdist_chamfer(x, xb, y, yb, batch_size)  # noqa: E731
-        a, b = ours().item(), dense().item()
-        if abs(a - b) > 1e-4 * abs(b):
-            raise AssertionError(f"chamfer implementations disagree: {a} vs {b}")
-        for name, fn in (("p2m_geo chunked", ours), ("dense torch.cdist", dense)):
+        implementations = {
+            "p2m_geo matmul (chunked)": lambda: sum(losses.chamfer_distance(x, xb, y, yb, batch_size, nearest="matmul")[:2]),
+            "dense torch.cdist": lambda: dense_cdist_chamfer(x, xb, y, yb, batch_size),
+        }
+        if device.type == "cpu" and losses._scipy_kdtree() is not None:
+            implementations["p2m_geo kdtree"] = lambda: sum(losses.chamfer_distance(x, xb, y, yb, batch_size, nearest="kdtree")[:2])
+        values = {name: fn().item() for name, fn in implementations.items()}
+        reference = values["dense torch.cdist"]
+        for name, value in values.items():
+            if abs(value - reference) > 1e-4 * abs(reference):
+                raise AssertionError(f"chamfer implementations disagree: {name} {value} vs {reference}")
+        for name, fn in implementations.items():
             ms, iqr = time_call(lambda: torch.autograd.grad(fn(), x), device, repeats, warmup=1)
             memory = peak_memory_bytes(fn, device) / 2**20
             rows.append(f"| {batch_size} | {name} | {ms:.1f} ({iqr:.1f}) | {memory:.0f} |")

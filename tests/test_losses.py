@@ -116,11 +116,11 @@ def random_clouds(sizes, seed):
     return clouds, torch.cat(clouds), batch
 
 
-@pytest.mark.parametrize("chunk_bytes", [256 * 1024 * 1024, 2000])
-def test_chamfer_matches_dense_reference(chunk_bytes):
+@pytest.mark.parametrize("nearest,chunk_bytes", [("matmul", None), ("matmul", 2000), ("kdtree", None)])
+def test_chamfer_matches_dense_reference(nearest, chunk_bytes):
     xs, x, xb = random_clouds([40, 7, 120], seed=1)
     ys, y, yb = random_clouds([90, 33, 15], seed=2)
-    result = chamfer_distance(x, xb, y, yb, reduction="none", chunk_bytes=chunk_bytes)
+    result = chamfer_distance(x, xb, y, yb, reduction="none", nearest=nearest, chunk_bytes=chunk_bytes)
     x_off = y_off = 0
     for b, (xi, yi) in enumerate(zip(xs, ys)):
         d_xy, d_yx, nn_x, nn_y = ref_chamfer(xi.numpy(), yi.numpy())
@@ -141,6 +141,8 @@ def test_chamfer_on_real_shapenet_points(levels, shared_data):
     y = torch.from_numpy(np.concatenate([g[:, :3] for g in gts]))
     yb = torch.repeat_interleave(torch.arange(2), torch.tensor([len(g) for g in gts]))
     result = chamfer_distance(x, xb, y, yb, reduction="none")
+    matmul = chamfer_distance(x, xb, y, yb, reduction="none", nearest="matmul")
+    torch.testing.assert_close(matmul.x_to_y, result.x_to_y, rtol=1e-5, atol=0)
     for b in range(2):
         d_xy, d_yx, _, _ = ref_chamfer(preds[b].astype(np.float64), gts[b][:, :3].astype(np.float64))
         assert result.x_to_y[b].item() == pytest.approx(d_xy, rel=1e-5)
