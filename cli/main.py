@@ -52,8 +52,12 @@ def info(hidden: int | None, backbone: str) -> None:
 
 
 from p2m_geo.cli.data import data  # noqa: E402
+from p2m_geo.cli.evaluate import evaluate_command  # noqa: E402
+from p2m_geo.cli.predict import predict  # noqa: E402
+from p2m_geo.cli.train import train  # noqa: E402
 
-cli.add_command(data)
+for command in (train, evaluate_command, predict, data):
+    cli.add_command(command)
 
 if __name__ == "__main__":
     cli()

@@ -14,15 +14,17 @@ class ImageDecoder(nn.Module):
     r"""Decode the encoder maps back to the input image, U-Net style.
 
     Starting from the coarsest map, each step upsamples by 2 (bilinear), concatenates the
-    next finer encoder map (skip connection) and applies a 3x3 conv + ReLU; two further
-    upsampling steps bring the 56 px map to 224 px, where a 1x1 conv gives RGB logits.
+    next finer encoder map (skip connection) and applies a 3x3 conv + ReLU. The 56 px
+    result is upsampled to 112 px for one narrow 3x3 conv, and a 1x1 conv gives RGB
+    logits that are upsampled bilinearly to 224 px (full-resolution convolutions would
+    cost more than the whole mesh network).
 
     Shapes:
         - **input:** encoder maps :math:`(B, C_m, H_m, W_m)`, coarse last
         - **output:** logits :math:`(B, 3, 4 H_0, 4 W_0)`
     """
 
-    def __init__(self, channels: Sequence[int], width: int = 32) -> None:
+    def __init__(self, channels: Sequence[int], width: int = 16) -> None:
         super().__init__()
         channels = list(channels)
         self.merge = nn.ModuleList()
@@ -31,10 +33,7 @@ class ImageDecoder(nn.Module):
             out = max(width, skip // 2)
             self.merge.append(nn.Sequential(nn.Conv2d(current + skip, out, 3, padding=1), nn.ReLU(inplace=True)))
             current = out
-        self.refine = nn.Sequential(
-            nn.Conv2d(current, width, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True),
-        )
+        self.refine = nn.Sequential(nn.Conv2d(current, width, 3, padding=1), nn.ReLU(inplace=True))
         self.to_rgb = nn.Conv2d(width, 3, 1)
 
     def forward(self, feature_maps: List[Tensor]) -> Tensor:
@@ -42,8 +41,9 @@ class ImageDecoder(nn.Module):
         for merge, skip in zip(self.merge, reversed(feature_maps[:-1])):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = merge(torch.cat([x, skip], dim=1))
-        x = F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)
-        return self.to_rgb(self.refine(x))
+        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        logits = self.to_rgb(self.refine(x))
+        return F.interpolate(logits, scale_factor=2, mode="bilinear", align_corners=False)
 
 
 def image_reconstruction_loss(logits: Tensor, images: Tensor) -> Tensor:

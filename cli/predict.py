@@ -1,0 +1,109 @@
+"""``p2m-geo predict``."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import List
+
+import click
+
+from p2m_geo.cli.errors import friendly_errors
+
+log = logging.getLogger("p2m_geo.cli.predict")
+MESH_FORMATS = (".ply", ".obj", ".off", ".glb")
+
+
+def newest_best_checkpoint(runs: Path = Path("runs")) -> Path:
+    candidates = sorted(runs.glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise click.BadParameter(
+            f"expected a checkpoint, got none: no {runs}/*/best.pt here; run `p2m-geo train` first or pass --checkpoint FILE",
+            param_hint="--checkpoint",
+        )
+    return candidates[-1]
+
+
+def write_mesh(path: Path, vertices, faces) -> None:
+    """Write through open3d with vertex normals, atomically (format from the extension)."""
+    import numpy as np
+    import open3d as o3d
+
+    from p2m_geo.io_utils import atomic_path
+
+    mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(np.asarray(vertices, dtype=np.float64)),
+                                     o3d.utility.Vector3iVector(np.asarray(faces, dtype=np.int32)))
+    mesh.compute_vertex_normals()
+    with atomic_path(path) as tmp:
+        if not o3d.io.write_triangle_mesh(str(tmp), mesh, write_vertex_normals=True):
+            raise OSError(f"{path}: open3d could not write the mesh")
+
+
+def output_paths(images: List[Path], out: Path) -> List[Path]:
+    if len(images) == 1 and out.suffix.lower() in MESH_FORMATS:
+        if not out.parent.is_dir():
+            raise click.BadParameter(f"expected an existing folder for {out}, got no such folder: {out.parent}", param_hint="-o")
+        return [out]
+    if out.suffix.lower() in MESH_FORMATS:
+        raise click.BadParameter(f"expected a folder for {len(images)} images, got a file name {out}", param_hint="-o")
+    if out.suffix:
+        raise click.BadParameter(f"expected a {'/'.join(MESH_FORMATS)} file, got {out.suffix!r}", param_hint="-o")
+    out.mkdir(parents=True, exist_ok=True)
+    names = [p.stem for p in images]
+    if len(set(names)) != len(names):
+        raise click.BadParameter("expected images with distinct file names, got duplicates", param_hint="IMAGES")
+    return [out / f"{p.stem}.ply" for p in images]
+
+
+@click.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True,
+              help="Mesh file (.ply/.obj/.off/.glb) for one image, or a folder for several.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Checkpoint [default: the newest runs/*/best.pt].")
+@click.option("--all-levels", is_flag=True, help="Also write the 156- and 618-vertex meshes (_level1, _level2).")
+@click.option("--preview", type=click.Path(dir_okay=False, path_type=Path), help="PNG: input beside the rendered mesh.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@friendly_errors
+def predict(images, out, checkpoint, all_levels, preview, device) -> None:
+    """Reconstruct a mesh from each image (PNG/JPEG, RGB or RGBA; centre-cropped and resized to 224)."""
+    import torch
+
+    from p2m_geo.camera import default_intrinsics
+    from p2m_geo.checkpoint import load_checkpoint, model_from_checkpoint
+    from p2m_geo.data.images import load_image
+    from p2m_geo.engine import resolve_device
+
+    images = list(images)
+    targets = output_paths(images, out)
+    pixels = torch.stack([load_image(p) for p in images])  # fails before any output is written
+    checkpoint = checkpoint or newest_best_checkpoint()
+    torch_device = resolve_device(device)
+    model = model_from_checkpoint(load_checkpoint(checkpoint), str(checkpoint)).to(torch_device).eval()
+    with torch.no_grad():
+        output = model(pixels.to(torch_device), default_intrinsics(len(images), device=torch_device))
+    preview_rows = []
+    for index, target in enumerate(targets):
+        levels = range(3) if all_levels else [2]
+        for level in levels:
+            mesh = output.meshes[level]
+            mask = mesh.batch == index
+            offset = int(mask.nonzero()[0])
+            faces = (mesh.face[:, mesh.batch[mesh.face[0]] == index] - offset).t().cpu().numpy()
+            vertices = mesh.pos[mask].cpu().double().numpy()
+            path = target if level == 2 else target.with_name(f"{target.stem}_level{level + 1}{target.suffix}")
+            write_mesh(path, vertices, faces)
+            log.info("wrote %s (%d vertices, %d faces)", path, len(vertices), len(faces))
+            if level == 2 and preview is not None:
+                from p2m_geo.render import render_mesh_views
+
+                image = (pixels[index].permute(1, 2, 0).numpy() * 255 + 0.5).astype("uint8")
+                preview_rows.append([image] + render_mesh_views(vertices, faces))
+    if preview is not None:
+        from PIL import Image
+
+        from p2m_geo.io_utils import atomic_path
+        from p2m_geo.render import side_by_side
+
+        with atomic_path(preview) as tmp:
+            Image.fromarray(side_by_side(preview_rows)).save(tmp, format="PNG")
+        log.info("preview: %s", preview)

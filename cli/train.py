@@ -1,0 +1,105 @@
+"""``p2m-geo train``."""
+from __future__ import annotations
+
+import datetime
+import logging
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import click
+
+from p2m_geo.cli.errors import friendly_errors
+
+log = logging.getLogger("p2m_geo.cli.train")
+
+
+def default_preset() -> str:
+    import torch
+
+    return "full" if torch.cuda.is_available() else "cpu-quick"
+
+
+def build_config(preset: str, config_file: Optional[Path], overrides: Dict[str, Dict[str, Any]]):
+    """defaults <- preset <- YAML file <- command-line options (strict keys throughout)."""
+    from p2m_geo.config import Config, from_dict, merge_dicts, preset_dict, read_yaml_dict
+
+    values = preset_dict(preset)
+    if config_file is not None:
+        values = merge_dicts(values, read_yaml_dict(config_file))
+    values = merge_dicts(values, {section: {k: v for k, v in items.items() if v is not None}
+                                  for section, items in overrides.items()})
+    return from_dict(Config, values)
+
+
+def _run_name(preset: str, ctx) -> str:
+    """Date-time run name; under torchrun, rank 0's name is broadcast so all ranks agree."""
+    name = f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{preset}"
+    if ctx.enabled:
+        import torch.distributed as dist
+
+        holder = [name]
+        dist.broadcast_object_list(holder, src=0)
+        name = holder[0]
+    return name
+
+
+@click.command()
+@click.option("--preset", type=click.Choice(["cpu-quick", "full"]), default=None,
+              help="Architecture + schedule preset [default: full with a GPU, cpu-quick without].")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="YAML config (sections model/loss/train/data); unknown keys are an error.")
+@click.option("--data", "data_root", type=click.Path(file_okay=False, path_type=Path),
+              help="ShapeNetP2M-layout folder [default: the generated procedural dataset].")
+@click.option("--train-list", help="Training file list, relative to --data [default: train_list.txt].")
+@click.option("--val-list", help="Validation file list, relative to --data [default: test_list.txt].")
+@click.option("--epochs", type=click.IntRange(min=1))
+@click.option("--batch-size", type=click.IntRange(min=1))
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True))
+@click.option("--hidden", type=click.IntRange(min=1), help="G-ResNet width (192 / 256).")
+@click.option("--backbone", type=click.Choice(["cnn18", "vgg16", "resnet50"]))
+@click.option("--backbone-weights", type=click.Path(exists=True, dir_okay=False), help="Local trunk weights file.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--workers", type=click.IntRange(min=0), help="DataLoader worker processes.")
+@click.option("--seed", type=int)
+@click.option("--max-steps", type=click.IntRange(min=0), help="Stop after this many optimiser steps.")
+@click.option("--on-bad-sample", type=click.Choice(["fail", "skip"]))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True,
+              help="Folder that holds the run folders.")
+@click.option("--name", help="Run folder name [default: date-time and preset].")
+@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Continue the run in this folder from its last.pt.")
+@click.option("--quiet", is_flag=True, help="No progress bars; warnings only.")
+@friendly_errors
+def train(preset, config_file, data_root, train_list, val_list, epochs, batch_size, lr, hidden, backbone,
+          backbone_weights, device, workers, seed, max_steps, on_bad_sample, out, name, resume_dir, quiet) -> None:
+    """Train Pixel2Mesh; with no options, on the procedural dataset (generated once, cached)."""
+    from p2m_geo.engine import init_distributed, run_training
+
+    if quiet:
+        logging.getLogger().setLevel(logging.WARNING)
+    overrides = {
+        "model": {"hidden": hidden, "backbone": backbone, "backbone_weights": backbone_weights},
+        "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "device": device, "workers": workers,
+                  "seed": seed, "max_steps": max_steps},
+        "data": {"root": str(data_root) if data_root else None, "train_list": train_list, "val_list": val_list,
+                 "on_bad_sample": on_bad_sample},
+    }
+    if resume_dir is not None:
+        if preset is not None or config_file is not None:
+            raise click.UsageError("--resume takes the run's own config.yaml; do not combine it with --preset/--config")
+        if not (resume_dir / "last.pt").is_file():
+            raise click.BadParameter(f"expected {resume_dir / 'last.pt'} to exist, got no such file", param_hint="--resume")
+        config = build_config("full", resume_dir / "config.yaml", overrides)
+        run_dir = resume_dir
+    else:
+        preset = preset or default_preset()
+        config = build_config(preset, config_file, overrides)
+        run_dir = out / (name or _run_name(preset, init_distributed(config.train.device)))
+        if (run_dir / "last.pt").exists():
+            raise click.BadParameter(f"expected a new run folder, got {run_dir} which already holds last.pt (use --resume)",
+                                     param_hint="--name")
+    log.info("run folder: %s", run_dir)
+    row = run_training(config, run_dir, resume=resume_dir is not None, quiet=quiet).metrics
+    if row and "val_cd" in row:
+        click.echo(f"{run_dir}: epoch {row['epoch']}, val CD {row.get('val_cd', float('nan')):.3f}, "
+                   f"F@1e-4 {row.get('val_f@0.0001', float('nan')):.2f}%")
