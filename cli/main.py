@@ -9,6 +9,8 @@ import click
 
 # torch_geometric scripts a helper at import time; the deprecation is torch's, not actionable here.
 warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
+# PyG's EdgeIndex matmul goes through torch's (beta) sparse CSC kernels; the notices are not actionable.
+warnings.filterwarnings("ignore", message=r"Sparse (invariant checks|CSC tensor support)", category=UserWarning)
 
 from p2m_geo import __version__
 

@@ -1,11 +1,13 @@
 """The Pixel2Mesh network on batched PyG graphs."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch_geometric import EdgeIndex
 from torch_geometric.data import Batch, Data
 
 from p2m_geo.config import ModelConfig
@@ -81,7 +83,7 @@ class Pixel2Mesh(nn.Module):
             for level in range(NUM_LEVELS)
         )
         self.image_decoder = ImageDecoder(self.encoder.channels) if config.image_branch else None
-        self._topology_cache: Dict[Tuple, Batch] = {}
+        self._topology_cache: Dict[Tuple, Tuple[Batch, EdgeIndex]] = {}
 
     def template(self, level: int) -> Data:
         """The undeformed ellipsoid of ``level`` (0, 1, 2) as a single-graph ``Data``."""
@@ -96,13 +98,21 @@ class Pixel2Mesh(nn.Module):
 
     def batched_template(self, level: int, batch_size: int) -> Batch:
         """``batch_size`` copies of :meth:`template` as a ``Batch`` (offsets by PyG), cached."""
+        return self._batched(level, batch_size)[0]
+
+    def _batched(self, level: int, batch_size: int) -> Tuple[Batch, EdgeIndex]:
+        """The cached batched template and its ``conv_index``: the same edges as a column-sorted
+        PyG ``EdgeIndex`` with its CSR cache filled, which makes each ``GraphConv``
+        aggregation a sparse matrix product (about 2x faster than scatter on CPU)."""
         buffer = getattr(self, f"pos_{level}")
         key = (level, batch_size, buffer.device, buffer.dtype)
-        batch = self._topology_cache.get(key)
-        if batch is None:
+        cached = self._topology_cache.get(key)
+        if cached is None:
             batch = Batch.from_data_list([self.template(level)] * batch_size)
-            self._topology_cache[key] = batch
-        return batch
+            conv_index = EdgeIndex(batch.edge_index, sparse_size=(batch.num_nodes, batch.num_nodes))
+            cached = (batch, conv_index.sort_by("col")[0].fill_cache_())
+            self._topology_cache[key] = cached
+        return cached
 
     def _apply(self, fn, *args, **kwargs):
         self._topology_cache = {}
@@ -122,7 +132,7 @@ class Pixel2Mesh(nn.Module):
         intrinsics = intrinsics.to(feature_maps[0].dtype)
 
         meshes, pos_before = [], []
-        topology = self.batched_template(0, batch_size)
+        topology, conv_index = self._batched(0, batch_size)
         pos, hidden = topology.pos, None
         for level, block in enumerate(self.blocks):
             if level > 0:
@@ -130,14 +140,14 @@ class Pixel2Mesh(nn.Module):
                 carried, _ = self.unpooling(
                     torch.cat([previous.pos, hidden], dim=-1), previous.unpool_index, previous.batch
                 )
-                topology = self.batched_template(level, batch_size)
+                topology, conv_index = self._batched(level, batch_size)
                 pos, hidden = carried[:, :3], carried[:, 3:]
             features = self.projection(pos, topology.batch, intrinsics, feature_maps)
             if hidden is not None:
                 features = torch.cat([features, hidden], dim=-1)
-            offset, hidden = block(features, topology.edge_index)
+            offset, hidden = block(features, conv_index)
             pos_before.append(pos)
-            mesh = topology.clone()
+            mesh = copy.copy(topology)  # shares the cached topology tensors
             mesh.pos = pos + offset
             meshes.append(mesh)
 
