@@ -97,7 +97,8 @@ def default_data_root(config: Config) -> Path:
     return base / f"synth-v1-pc{data.synth_per_class}-views{data.synth_views}-seed{data.synth_seed}"
 
 
-def ensure_dataset(config: Config, ctx: Optional[DistributedContext] = None, workers: int = 2) -> Path:
+def ensure_dataset(config: Config, ctx: Optional[DistributedContext] = None, workers: Optional[int] = None,
+                   quiet: bool = False) -> Path:
     """The data root: ``config.data.root``, or the procedural dataset, generated once and reused."""
     ctx = ctx or DistributedContext()
     if config.data.root:
@@ -110,8 +111,8 @@ def ensure_dataset(config: Config, ctx: Optional[DistributedContext] = None, wor
         spec = SynthSpec(per_class=config.data.synth_per_class, views=config.data.synth_views, seed=config.data.synth_seed)
         total = len(spec.categories) * spec.per_class * spec.views
         log.info("generating the procedural dataset (%d views) into %s", total, root)
-        with tqdm(total=total, unit="view", desc="synth data", leave=False) as bar:
-            generate_dataset(root, spec, workers=workers, progress=bar.update)
+        with tqdm(total=total, unit="view", desc="synth data", leave=False, disable=quiet) as bar:
+            generate_dataset(root, spec, workers=workers or os.cpu_count() or 1, progress=bar.update)
     ctx.barrier()
     return root
 
@@ -354,7 +355,7 @@ def run_training(config: Config, run_dir: Path, resume: bool = False, quiet: boo
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
     seed_everything(config.train.seed)
 
-    root = ensure_dataset(config, ctx, workers=max(1, config.train.workers))
+    root = ensure_dataset(config, ctx, quiet=quiet)
     train_set = ShapeNetP2M(root, resolve_list(root, config.data.train_list), on_bad_sample=config.data.on_bad_sample)
     val_set = ShapeNetP2M(root, resolve_list(root, config.data.val_list), on_bad_sample=config.data.on_bad_sample)
     if config.train.eval_max_samples:
