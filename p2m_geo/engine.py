@@ -386,7 +386,9 @@ def run_training(config: Config, run_dir: Path, resume: bool = False, quiet: boo
             trained, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
     board = _tensorboard_writer(run_dir) if ctx.is_main else None
-    preview_indices = list(range(min(config.train.preview_samples, len(val_set))))
+    # evenly spread over the (class-sorted) validation list, so several classes show up
+    count = min(config.train.preview_samples, len(val_set))
+    preview_indices = sorted({int(i) for i in np.linspace(0, len(val_set) - 1, count)}) if count else []
     pin = device.type == "cuda"
 
     last_row: Dict[str, float] = history[-1] if history else {}

@@ -21,3 +21,13 @@ def shared_data() -> Path:
 def _deterministic_seed():
     torch.manual_seed(0)
     yield
+
+
+class CreatesFileWhenUnpickled:
+    """A pickle payload that creates ``path`` if (and only if) unpickling executes code."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))

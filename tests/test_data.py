@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from conftest import CreatesFileWhenUnpickled
 from p2m_geo.data import (
     DatFileError,
     FileListError,
@@ -59,18 +60,11 @@ def test_load_dat_python3_pickle_roundtrip(tmp_path):
         np.testing.assert_array_equal(load_dat(path), array)
 
 
-class _CreatesMarker:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
 
 def test_load_dat_refuses_malicious_pickle(tmp_path):
     marker = tmp_path / "marker"
     path = tmp_path / "evil.dat"
-    path.write_bytes(pickle.dumps(_CreatesMarker(str(marker))))
+    path.write_bytes(pickle.dumps(CreatesFileWhenUnpickled(str(marker))))
     with pytest.raises(DatFileError, match=r"evil\.dat: unsafe pickle.*builtins\.open|evil\.dat: unsafe pickle.*io\.open"):
         load_dat(path)
     assert not marker.exists()

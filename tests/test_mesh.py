@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import CreatesFileWhenUnpickled
 from p2m_geo.mesh import ellipsoid_hierarchy, signed_volume
 from p2m_geo.safe_pickle import UnsafePickleError, restricted_load, restricted_loads
 
@@ -111,17 +112,10 @@ def test_regenerated_assets_match_packaged(tmp_path, shared_data):
             np.testing.assert_array_equal(fresh[key], shipped[key], err_msg=key)
 
 
-class _WritesMarker:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
 
 def test_restricted_unpickler_refuses_code(tmp_path):
     marker = tmp_path / "pwned"
-    payload = pickle.dumps([np.zeros(3), _WritesMarker(str(marker))])
+    payload = pickle.dumps([np.zeros(3), CreatesFileWhenUnpickled(str(marker))])
     with pytest.raises(UnsafePickleError, match="builtins.*open|io.*open"):
         restricted_loads(payload)
     assert not marker.exists()

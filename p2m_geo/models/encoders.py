@@ -12,6 +12,15 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def _stage_outputs(x: Tensor, stages: nn.ModuleList) -> List[Tensor]:
+    """Run ``stages`` in sequence and keep every stage's output."""
+    maps = []
+    for stage in stages:
+        x = stage(x)
+        maps.append(x)
+    return maps
+
+
 def _conv(in_channels: int, out_channels: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel, stride, padding=kernel // 2),
@@ -50,12 +59,7 @@ class CNN18(nn.Module):
         self.channels: List[int] = c[2:]
 
     def forward(self, images: Tensor) -> List[Tensor]:
-        x = self.stem(images)
-        maps = []
-        for stage in self.stages:
-            x = stage(x)
-            maps.append(x)
-        return maps
+        return _stage_outputs(self.stem(images), self.stages)
 
 
 class _TorchvisionTrunk(nn.Module):
@@ -100,12 +104,7 @@ class VGG16Trunk(_TorchvisionTrunk):
         self.channels = [256, 512, 512, 512]
 
     def forward(self, images: Tensor) -> List[Tensor]:
-        x = self.normalise(images)
-        maps = []
-        for stage in self.stages:
-            x = stage(x)
-            maps.append(x)
-        return maps
+        return _stage_outputs(self.normalise(images), self.stages)
 
 
 class ResNet50Trunk(_TorchvisionTrunk):
@@ -122,12 +121,7 @@ class ResNet50Trunk(_TorchvisionTrunk):
         self.channels = [256, 512, 1024, 2048]
 
     def forward(self, images: Tensor) -> List[Tensor]:
-        x = self.stem(self.normalise(images))
-        maps = []
-        for stage in self.stages:
-            x = stage(x)
-            maps.append(x)
-        return maps
+        return _stage_outputs(self.stem(self.normalise(images)), self.stages)
 
 
 def build_encoder(name: str, width: float = 1.0, weights_path: Optional[str] = None) -> nn.Module:

@@ -7,6 +7,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 from torch_geometric import EdgeIndex
 from torch_geometric.data import Batch, Data
 
@@ -128,7 +129,8 @@ class Pixel2Mesh(nn.Module):
             raise ValueError(
                 f"intrinsics: expected [{batch_size},3,3] (one camera per image), got {list(intrinsics.shape)}"
             )
-        feature_maps = self.encoder(images)
+        with record_function("p2m.encoder"):
+            feature_maps = self.encoder(images)
         intrinsics = intrinsics.to(feature_maps[0].dtype)
 
         meshes, pos_before = [], []
@@ -137,15 +139,18 @@ class Pixel2Mesh(nn.Module):
         for level, block in enumerate(self.blocks):
             if level > 0:
                 previous = meshes[-1]
-                carried, _ = self.unpooling(
-                    torch.cat([previous.pos, hidden], dim=-1), previous.unpool_index, previous.batch
-                )
+                with record_function("p2m.unpooling"):
+                    carried, _ = self.unpooling(
+                        torch.cat([previous.pos, hidden], dim=-1), previous.unpool_index, previous.batch
+                    )
                 topology, conv_index = self._batched(level, batch_size)
                 pos, hidden = carried[:, :3], carried[:, 3:]
-            features = self.projection(pos, topology.batch, intrinsics, feature_maps)
+            with record_function("p2m.projection"):
+                features = self.projection(pos, topology.batch, intrinsics, feature_maps)
             if hidden is not None:
                 features = torch.cat([features, hidden], dim=-1)
-            offset, hidden = block(features, conv_index)
+            with record_function("p2m.gresnet"):
+                offset, hidden = block(features, conv_index)
             pos_before.append(pos)
             mesh = copy.copy(topology)  # shares the cached topology tensors
             mesh.pos = pos + offset
@@ -155,5 +160,6 @@ class Pixel2Mesh(nn.Module):
         if reconstruct_image:
             if self.image_decoder is None:
                 raise ValueError("reconstruct_image: the model was built with image_branch=False")
-            image_logits = self.image_decoder(feature_maps)
+            with record_function("p2m.image_decoder"):
+                image_logits = self.image_decoder(feature_maps)
         return Pixel2MeshOutput(meshes=meshes, pos_before=pos_before, image_logits=image_logits)
