@@ -3,7 +3,10 @@
 Implementations of the regularisers compared, all vectorised:
   padded     the original Pixel2Mesh layout: a [V,10] neighbour table padded with -1
              (8 neighbour slots), gathered with index_select; per-graph means by reshape
-  index_add  this project's default: p2m_geo.losses over edge_index, scatter by index_add_
+  edgeindex  this project's default in training: p2m_geo.losses with the Laplacian on the
+             cached, column-sorted PyG EdgeIndex the model attaches (CSR product), edge and
+             normal terms scattered by index_add_
+  index_add  p2m_geo.losses on a plain edge_index, scatter by index_add_ (default backend)
   pyg        the same functions with torch_geometric.utils.scatter
   torch_scatter   the same functions on the torch_scatter backend (if installed)
   sparse     block-diagonal row-normalised adjacency as torch.sparse CSR, L p = p - A p
@@ -18,10 +21,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Dict
 
 import torch
+from torch_geometric import EdgeIndex
 from torch_geometric.data import Batch
 from torch_geometric.utils import to_dense_batch
 
@@ -70,27 +75,23 @@ class Problem:
         values = (1.0 / degree)[e[1]]
         n = self.batch.num_nodes
         self.adjacency = torch.sparse_coo_tensor(e.flip(0), values, (n, n)).coalesce().to_sparse_csr()
+        self.edge_index_csr = EdgeIndex(e, sparse_size=(n, n)).sort_by("col")[0].fill_cache_()
 
-    def regularisers(self, impl: str, pos: torch.Tensor) -> torch.Tensor:
+    def regularisers(self, impl: str, pos: torch.Tensor, terms: str = "all") -> torch.Tensor:
+        """``terms='laplacian'``: the Laplacian loss alone; ``'all'``: Laplacian + edge + normal."""
         b = self.batch
-        if impl in scatter_backend.BACKENDS:
-            scatter_backend.set_scatter_backend(impl)
+        if impl in scatter_backend.BACKENDS or impl == "edgeindex":
+            scatter_backend.set_scatter_backend("index_add" if impl == "edgeindex" else impl)
+            neighbours = self.edge_index_csr if impl == "edgeindex" else b.edge_index
             try:
-                return (
-                    losses.laplacian_loss(self.before, pos, b.edge_index, b.batch, self.num_graphs)
-                    + losses.edge_length_loss(pos, b.edge_index, b.batch, self.num_graphs)
-                    + losses.normal_loss(pos, b.edge_index, b.batch, self.normals, self.num_graphs)
-                )
+                value = losses.laplacian_loss(self.before, pos, neighbours, b.batch, self.num_graphs)
+                if terms == "all":
+                    value = value + losses.edge_length_loss(pos, b.edge_index, b.batch, self.num_graphs)
+                    value = value + losses.normal_loss(pos, b.edge_index, b.batch, self.normals, self.num_graphs)
+                return value
             finally:
                 scatter_backend.set_scatter_backend("index_add")
         shape = (self.num_graphs, self.num_nodes)
-        e = b.edge_index
-        edge = pos[e[1]] - pos[e[0]]
-        edge_len = edge.square().sum(-1).view(self.num_graphs, -1).mean(1)
-        unit = edge / edge.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        normal = self.normals[e[0]]
-        normal = normal / normal.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        normal_term = (unit * normal).sum(-1).abs().view(self.num_graphs, -1).mean(1)
         displacement = pos - self.before
         if impl == "padded":
             padded = torch.cat([displacement, displacement.new_zeros(1, 3)])
@@ -101,48 +102,56 @@ class Problem:
         else:
             raise ValueError(impl)
         lap = delta.square().sum(-1).view(shape).mean(1)
+        if terms == "laplacian":
+            return lap.mean()
+        e = b.edge_index
+        edge = pos[e[1]] - pos[e[0]]
+        edge_len = edge.square().sum(-1).view(self.num_graphs, -1).mean(1)
+        unit = edge / edge.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        normal = self.normals[e[0]]
+        normal = normal / normal.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        normal_term = (unit * normal).sum(-1).abs().view(self.num_graphs, -1).mean(1)
         return (lap + edge_len + normal_term).mean()
 
 
 def regulariser_rows(levels, batch_sizes, device, repeats) -> str:
-    impls = ["padded", "index_add", "pyg"] + (["torch_scatter"] if scatter_backend.torch_scatter_available() else []) + ["sparse"]
-    rows = ["| level (V) | B | implementation | fwd ms (IQR) | fwd+bwd ms (IQR) | saved/peak MB | max abs grad err vs float64 | bit-identical grads |",
-            "|---|---|---|---|---|---|---|---|"]
-    for level in levels:
-        for batch_size in batch_sizes:
-            problem = Problem(level, batch_size, device)
-            ref = Problem(level, batch_size, device, dtype=torch.float64)
-            pos64 = ref.after.clone().requires_grad_(True)
-            grad64 = torch.autograd.grad(ref.regularisers("padded", pos64), pos64)[0]
-            values = {}
-            for impl in impls:
-                pos = problem.after.clone().requires_grad_(True)
-                values[impl] = problem.regularisers(impl, pos)
-            reference_value = float(ref.regularisers("padded", ref.after))
-            for impl, value in values.items():  # all implementations must agree before timing
-                if abs(value.item() - reference_value) > 1e-5 * max(1.0, abs(reference_value)):
-                    raise AssertionError(f"{impl} disagrees: {value.item()} vs float64 {reference_value}")
-            for impl in impls:
-                pos = problem.after.clone().requires_grad_(True)
+    impls = ["padded", "edgeindex", "index_add", "pyg"] + (["torch_scatter"] if scatter_backend.torch_scatter_available() else []) + ["sparse"]
+    rows = ["| terms | level (V) | B | implementation | fwd ms (IQR) | fwd+bwd ms (IQR) | saved/peak MB | max abs grad err vs float64 | bit-identical grads |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for terms, level, batch_size in [(t, lv, bs) for t in ("laplacian", "all") for lv in levels for bs in batch_sizes]:
+        problem = Problem(level, batch_size, device)
+        ref = Problem(level, batch_size, device, dtype=torch.float64)
+        pos64 = ref.after.clone().requires_grad_(True)
+        grad64 = torch.autograd.grad(ref.regularisers("padded", pos64, terms), pos64)[0]
+        values = {}
+        for impl in impls:
+            pos = problem.after.clone().requires_grad_(True)
+            values[impl] = problem.regularisers(impl, pos, terms)
+        reference_value = float(ref.regularisers("padded", ref.after, terms))
+        for impl, value in values.items():  # all implementations must agree before timing
+            if abs(value.item() - reference_value) > 1e-5 * max(1.0, abs(reference_value)):
+                raise AssertionError(f"{impl} disagrees: {value.item()} vs float64 {reference_value}")
+        for impl in impls:
+            pos = problem.after.clone().requires_grad_(True)
 
-                def forward():
-                    with torch.no_grad():
-                        return problem.regularisers(impl, pos)
+            def forward():
+                with torch.no_grad():
+                    return problem.regularisers(impl, pos, terms)
 
-                def forward_backward():
-                    return torch.autograd.grad(problem.regularisers(impl, pos), pos)[0]
+            def forward_backward():
+                return torch.autograd.grad(problem.regularisers(impl, pos, terms), pos)[0]
 
-                fwd, fwd_iqr = time_call(forward, device, repeats)
-                both, both_iqr = time_call(forward_backward, device, repeats)
-                memory = peak_memory_bytes(lambda: problem.regularisers(impl, pos), device) / 2**20
-                grad_a, grad_b = forward_backward(), forward_backward()
-                error = (grad_a.double() - grad64).abs().max().item()
-                identical = bool(torch.equal(grad_a, grad_b))
-                rows.append(
-                    f"| {level + 1} ({problem.num_nodes}) | {batch_size} | {impl} | {fwd:.3f} ({fwd_iqr:.3f}) | "
-                    f"{both:.3f} ({both_iqr:.3f}) | {memory:.1f} | {error:.1e} | {'yes' if identical else 'no'} |"
-                )
-                log.info(rows[-1])
+            fwd, fwd_iqr = time_call(forward, device, repeats)
+            both, both_iqr = time_call(forward_backward, device, repeats)
+            memory = peak_memory_bytes(lambda: problem.regularisers(impl, pos, terms), device) / 2**20
+            grad_a, grad_b = forward_backward(), forward_backward()
+            error = (grad_a.double() - grad64).abs().max().item()
+            identical = bool(torch.equal(grad_a, grad_b))
+            rows.append(
+                f"| {terms} | {level + 1} ({problem.num_nodes}) | {batch_size} | {impl} | {fwd:.3f} ({fwd_iqr:.3f}) | "
+                f"{both:.3f} ({both_iqr:.3f}) | {memory:.1f} | {error:.1e} | {'yes' if identical else 'no'} |"
+            )
+            log.info(rows[-1])
     return "\n".join(rows)
 
 
@@ -192,6 +201,7 @@ def main(argv=None) -> None:
     parser.add_argument("--write", action="store_true", help="write the tables into benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    warnings.filterwarnings("ignore", message=r"Sparse (invariant checks|CSC tensor support)")
     device = torch.device(args.device)
     if args.quick:
         levels, batch_sizes, chamfer_sizes, repeats = [2], [1, 8], [1, 8], 5
@@ -201,7 +211,7 @@ def main(argv=None) -> None:
     regularisers = regulariser_rows(levels, batch_sizes, device, repeats)
     chamfer = chamfer_rows(chamfer_sizes, device, max(3, repeats // 4))
     body = (
-        f"Machine: {machine}\n\nLaplacian + edge + normal losses, float32 "
+        f"Machine: {machine}\n\nLaplacian loss alone, and Laplacian + edge + normal losses, float32 "
         f"(memory: CUDA allocator peak on GPU, tensors saved for backward on CPU):\n\n{regularisers}\n\n"
         f"Chamfer, level-3 prediction (2466 vertices) vs 9000 GT points per graph:\n\n{chamfer}\n"
     )

@@ -30,6 +30,7 @@ from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch_geometric import EdgeIndex
 from torch_geometric.utils import to_dense_batch
 
 from p2m_geo.config import LossWeights
@@ -200,7 +201,16 @@ def edge_length_loss(pos: Tensor, edge_index: Tensor, batch: Tensor, num_graphs:
 
 
 def laplacian(pos: Tensor, edge_index: Tensor) -> Tensor:
-    r"""Uniform Laplacian coordinates :math:`\delta_i = p_i - \frac{1}{|N(i)|}\sum_{j\in N(i)} p_j`."""
+    r"""Uniform Laplacian coordinates :math:`\delta_i = p_i - \frac{1}{|N(i)|}\sum_{j\in N(i)} p_j`.
+
+    ``edge_index`` may be a plain ``[2,E]`` tensor (scatter over the edges) or a PyG
+    ``EdgeIndex`` sorted by column with its cache filled, as :class:`~p2m_geo.Pixel2Mesh`
+    attaches to its output meshes (``conv_index``): then, for float32, the neighbour mean
+    is one CSR product in both directions, the fastest path measured
+    (``benchmarks/RESULTS.md``).
+    """
+    if isinstance(edge_index, EdgeIndex) and edge_index.is_sorted_by_col:
+        return pos - edge_index.matmul(pos, reduce="mean", transpose=True)
     source, target = edge_index
     return pos - scatter(pos[source], target, pos.size(0), reduce="mean")
 
@@ -271,7 +281,9 @@ class P2MLoss(nn.Module):
                                                  target.normal[chamfer.x_nearest], num_graphs))
             add("edge", w.edge * edge_length_loss(mesh.pos, mesh.edge_index, mesh.batch, num_graphs))
             factor = w.laplacian_first_block if block == 0 else 1.0
-            add("laplacian", factor * w.laplacian * laplacian_loss(before, mesh.pos, mesh.edge_index, mesh.batch, num_graphs))
+            neighbours = getattr(mesh, "conv_index", None)
+            neighbours = mesh.edge_index if neighbours is None else neighbours
+            add("laplacian", factor * w.laplacian * laplacian_loss(before, mesh.pos, neighbours, mesh.batch, num_graphs))
             if block > 0:
                 add("move", w.move * move_loss(before, mesh.pos, mesh.batch, num_graphs))
         if images is not None and output.image_logits is not None:

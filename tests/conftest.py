@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -31,3 +32,43 @@ class CreatesFileWhenUnpickled:
 
     def __reduce__(self):
         return (open, (self.path, "w"))
+
+
+TINY = {
+    "model": {"encoder_width": 0.125, "hidden": 16, "num_residual": 1},
+    "train": {"batch_size": 2, "workers": 0, "preview_samples": 2, "lr": 1e-3, "lr_milestones": []},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    from p2m_geo.data.synth import SynthSpec, generate_dataset
+
+    root = tmp_path_factory.mktemp("data")
+    generate_dataset(root, SynthSpec(per_class=3, views=2, seed=3, categories=("chair", "table")), workers=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+from p2m_geo.config import ModelConfig  # noqa: E402
+
+TINY_MODEL = ModelConfig(**TINY["model"])
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A randomly initialised checkpoint of the TINY model."""
+    from p2m_geo.checkpoint import save_checkpoint
+    from p2m_geo.config import to_dict
+    from p2m_geo.models import Pixel2Mesh
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    torch.manual_seed(0)
+    save_checkpoint(path, {"model_config": to_dict(TINY_MODEL), "model": Pixel2Mesh(TINY_MODEL).state_dict()})
+    return path

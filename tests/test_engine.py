@@ -11,31 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from click.testing import CliRunner
 
 from p2m_geo.cli.main import cli
-
-TINY = {
-    "model": {"encoder_width": 0.125, "hidden": 16, "num_residual": 1},
-    "train": {"batch_size": 2, "workers": 0, "preview_samples": 2, "lr": 1e-3, "lr_milestones": []},
-}
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    from p2m_geo.data.synth import SynthSpec, generate_dataset
-
-    root = tmp_path_factory.mktemp("data")
-    generate_dataset(root, SynthSpec(per_class=3, views=2, seed=3, categories=("chair", "table")), workers=1)
-    return root
-
-
-@pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("config") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY))
-    return path
 
 
 def invoke(*args: str):
@@ -129,6 +107,18 @@ def test_train_resume_eval_predict(tiny_data, tiny_config, tmp_path):
     for suffix in (".obj", ".off"):
         assert invoke("predict", image, "-o", tmp_path / f"m{suffix}", "--checkpoint", run / "best.pt").exit_code == 0
         assert len(o3d.io.read_triangle_mesh(str(tmp_path / f"m{suffix}")).vertices) == 2466
+
+
+def test_predict_real_renderings(shared_data, tiny_checkpoint, tmp_path):
+    import open3d as o3d
+
+    examples = sorted((shared_data / "examples").glob("*.png"))
+    result = invoke("predict", *examples, "-o", tmp_path / "out", "--checkpoint", tiny_checkpoint, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.stem for p in (tmp_path / "out").iterdir()) == sorted(p.stem for p in examples)
+    for mesh_path in (tmp_path / "out").iterdir():
+        mesh = o3d.io.read_triangle_mesh(str(mesh_path))
+        assert len(mesh.vertices) == 2466 and len(mesh.triangles) == 4928
 
 
 def test_unknown_config_key_is_named(tmp_path):

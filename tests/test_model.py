@@ -250,3 +250,18 @@ def test_torchvision_backbones_give_four_maps(backbone, channels):
         maps = encoder(torch.rand(1, 3, 224, 224))
     assert [m.shape[1] for m in maps] == channels
     assert [m.shape[-1] for m in maps] == [56, 28, 14, 7]
+
+
+def test_backbone_weights_load_from_a_local_file(tmp_path):
+    from torchvision.models import resnet50
+
+    from p2m_geo.models import build_encoder
+
+    torch.manual_seed(1)
+    reference = resnet50(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "resnet50.pt")
+    encoder = build_encoder("resnet50", weights_path=str(tmp_path / "resnet50.pt"))
+    torch.testing.assert_close(encoder.stages[3][0].conv1.weight, reference.layer4[0].conv1.weight)
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="backbone_weights: expected a ResNet state dict"):
+        build_encoder("resnet50", weights_path=str(tmp_path / "bad.pt"))

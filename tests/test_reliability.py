@@ -17,15 +17,12 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import CreatesFileWhenUnpickled
+from conftest import TINY_MODEL, CreatesFileWhenUnpickled
 from p2m_geo.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from p2m_geo.config import ModelConfig, to_dict
 from p2m_geo.data import DatFileError, ImageFileError, load_dat, load_image
 from p2m_geo.models import Pixel2Mesh
 
-from test_engine import TINY, tiny_config, tiny_data  # noqa: F401  (fixtures)
 
-TINY_MODEL = ModelConfig(**TINY["model"])
 
 
 
@@ -33,14 +30,6 @@ def cli(*args, cwd=None, timeout=300):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run([sys.executable, "-m", "p2m_geo.cli.main", *map(str, args)], capture_output=True,
                           text=True, cwd=cwd, env=env, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    torch.manual_seed(0)
-    save_checkpoint(path, {"model_config": to_dict(TINY_MODEL), "model": Pixel2Mesh(TINY_MODEL).state_dict()})
-    return path
 
 
 # -------------------------------------------------------------------------- checkpoints
@@ -93,7 +82,7 @@ def test_checkpoint_version_and_config_mismatch(tmp_path, tiny_checkpoint):
 
 
 # --------------------------------------------------------------------------- non-finite
-def test_non_finite_steps_are_skipped_then_training_stops(tiny_data):  # noqa: F811
+def test_non_finite_steps_are_skipped_then_training_stops(tiny_data):
     from p2m_geo.data import ShapeNetP2M
     from p2m_geo.engine import DistributedContext, ModelWithLoss, TrainingStopped, TrainState, make_loader, train_one_epoch
     from p2m_geo.losses import P2MLoss
@@ -130,7 +119,7 @@ def test_non_finite_steps_are_skipped_then_training_stops(tiny_data):  # noqa: F
 
 # ------------------------------------------------------------------------ crash safety
 @pytest.mark.slow
-def test_sigkill_then_resume_is_bit_identical(tiny_data, tiny_config, tmp_path):  # noqa: F811
+def test_sigkill_then_resume_is_bit_identical(tiny_data, tiny_config, tmp_path):
     common = ["train", "--preset", "cpu-quick", "--config", tiny_config, "--data", tiny_data, "--out", tmp_path,
               "--epochs", 3, "--device", "cpu", "--quiet"]
     straight = cli(*common, "--name", "straight")
@@ -245,7 +234,7 @@ def test_image_modes_and_huge_image(tmp_path):
 
 # -------------------------------------------------------------------------- file lists
 @pytest.mark.slow
-def test_bad_lists_and_corrupt_sample_through_cli(tmp_path, tiny_data, tiny_config, tiny_checkpoint):  # noqa: F811
+def test_bad_lists_and_corrupt_sample_through_cli(tmp_path, tiny_data, tiny_config, tiny_checkpoint):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n")
     result = cli("eval", "--checkpoint", tiny_checkpoint, "--data", tiny_data, "--list", empty)

@@ -76,14 +76,17 @@ class _TorchvisionTrunk(nn.Module):
         if weights_path is None:
             return
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        missing, unexpected = network.load_state_dict(state, strict=False)
+        expected = f"backbone_weights: expected a {type(network).__name__} state dict"
+        if not isinstance(state, dict):
+            raise ValueError(f"{expected}, got {type(state).__name__} in {weights_path}")
+        try:
+            missing, _ = network.load_state_dict(state, strict=False)
+        except RuntimeError as error:
+            raise ValueError(f"{expected}, got mismatched shapes in {weights_path} ({str(error).splitlines()[-1].strip()})") from None
         # A classification checkpoint carries the head too; the trunk must be complete.
         trunk_missing = [k for k in missing if not k.startswith(("fc.", "classifier."))]
         if trunk_missing:
-            raise ValueError(
-                f"backbone_weights: expected a {type(network).__name__} state dict, "
-                f"got one missing {len(trunk_missing)} keys (e.g. {trunk_missing[0]})"
-            )
+            raise ValueError(f"{expected}, got one missing {len(trunk_missing)} keys (e.g. {trunk_missing[0]})")
 
     def normalise(self, images: Tensor) -> Tensor:
         return (images - self.mean) / self.std

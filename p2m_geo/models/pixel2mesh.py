@@ -29,7 +29,9 @@ class Pixel2MeshOutput:
     Attributes:
         meshes: three :class:`~torch_geometric.data.Batch` (156 / 618 / 2466 vertices per
             graph), the output of each deformation block, with ``pos``, ``edge_index``,
-            ``face``, ``batch`` and ``ptr``.
+            ``face``, ``batch`` and ``ptr``; ``conv_index`` holds the same edges as a
+            column-sorted, cached PyG ``EdgeIndex`` (used by the graph convolutions and
+            the Laplacian loss).
         pos_before: ``pos`` fed to each block (the ellipsoid, then the unpooled
             previous output), for the Laplacian and move losses.
         image_logits: ``[B,3,224,224]`` from the image branch when requested, else None.
@@ -154,6 +156,7 @@ class Pixel2Mesh(nn.Module):
             pos_before.append(pos)
             mesh = copy.copy(topology)  # shares the cached topology tensors
             mesh.pos = pos + offset
+            mesh.conv_index = conv_index
             meshes.append(mesh)
 
         image_logits = None
