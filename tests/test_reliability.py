@@ -50,6 +50,7 @@ def test_failure_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temp file left
 
 
+@pytest.mark.slow
 def test_malicious_checkpoint_runs_nothing(tmp_path):
     marker = tmp_path / "marker"
     path = tmp_path / "evil.pt"
@@ -310,6 +311,7 @@ print(accepted, rejected)
 """
 
 
+@pytest.mark.slow
 def test_fuzz_dat_and_image_readers(tmp_path):
     """Mutated and random bytes: only the readers' own errors, no crash, no hang (the child
     process is killed after a generous time limit, which would fail the test)."""
