@@ -23,15 +23,13 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable, Dict
-
 import torch
 from torch_geometric import EdgeIndex
 from torch_geometric.data import Batch
 from torch_geometric.utils import to_dense_batch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_description, peak_memory_bytes, time_call, write_section  # noqa: E402
+from common import machine_description, peak_memory_bytes, time_call, report  # noqa: E402
 
 from p2m_geo import losses, scatter as scatter_backend  # noqa: E402
 from p2m_geo.mesh import ellipsoid_hierarchy  # noqa: E402
@@ -215,9 +213,7 @@ def main(argv=None) -> None:
         f"(memory: CUDA allocator peak on GPU, tensors saved for backward on CPU):\n\n{regularisers}\n\n"
         f"Chamfer, level-3 prediction (2466 vertices) vs 9000 GT points per graph:\n\n{chamfer}\n"
     )
-    print(body)
-    if args.write:
-        write_section(f"Losses ({device.type}{', quick' if args.quick else ''})", body)
+    report(f"Losses ({device.type}{', quick' if args.quick else ''})", body, args.write)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_description, time_call, write_section  # noqa: E402
+from common import machine_description, time_call, report  # noqa: E402
 
 from p2m_geo.camera import default_intrinsics  # noqa: E402
 from p2m_geo.checkpoint import save_checkpoint  # noqa: E402
@@ -69,9 +69,7 @@ def main(argv=None) -> None:
         f"| model alone, batch of {batch} | {batch * 1000 / batch_ms:.1f} meshes/s |\n"
         f"| whole `p2m-geo predict` process, one image (import, checkpoint load, PLY write; median of {len(process)}) | {process_s:.2f} s |\n"
     )
-    print(body)
-    if args.write:
-        write_section(f"Inference ({args.preset}, {device.type})", body)
+    report(f"Inference ({args.preset}, {device.type})", body, args.write)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torch_geometric.data import Batch, Data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_description, synchronize, write_section  # noqa: E402
+from common import machine_description, synchronize, report  # noqa: E402
 
 from p2m_geo.camera import default_intrinsics  # noqa: E402
 from p2m_geo.config import Config, from_dict, preset_dict  # noqa: E402
@@ -170,9 +170,7 @@ def main(argv=None) -> None:
         f"(forward parts; backward and optimiser as whole phases).\n\n" + "\n".join(rows)
         + f"\n\nData loading alone (procedural dataset, 2 workers, B = 8): {loading:.0f} samples/s.\n"
     )
-    print(body)
-    if args.write:
-        write_section(f"Training step ({args.preset}, {device.type})", body)
+    report(f"Training step ({args.preset}, {device.type})", body, args.write)
 
 
 if __name__ == "__main__":

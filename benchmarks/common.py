@@ -87,3 +87,10 @@ def write_section(title: str, body: str) -> None:
         handle.write(text)
     os.chmod(tmp, 0o644)
     os.replace(tmp, RESULTS)
+
+
+def report(title: str, body: str, write: bool) -> None:
+    """Print a result section and, with ``write``, put it into RESULTS.md under ``## title``."""
+    print(body)
+    if write:
+        write_section(title, body)

@@ -45,10 +45,10 @@ def info(hidden: int | None, backbone: str) -> None:
     model = Pixel2Mesh(config)
     click.echo(f"p2m-geo {__version__}, torch {torch.__version__}, torch_geometric {torch_geometric.__version__}")
     click.echo(f"cuda available: {torch.cuda.is_available()}")
-    for level, data in enumerate(ellipsoid_hierarchy().levels, start=1):
+    for level, mesh in enumerate(ellipsoid_hierarchy().levels, start=1):
         click.echo(
-            f"level {level}: {data.num_nodes} vertices, {data.edge_index.size(1) // 2} edges, "
-            f"{data.face.size(1)} faces"
+            f"level {level}: {mesh.num_nodes} vertices, {mesh.edge_index.size(1) // 2} edges, "
+            f"{mesh.face.size(1)} faces"
         )
     click.echo(f"parameters ({backbone}, hidden {config.hidden}): {sum(p.numel() for p in model.parameters()):,}")
 

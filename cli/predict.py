@@ -72,6 +72,7 @@ def predict(images, out, checkpoint, all_levels, preview, device) -> None:
     from p2m_geo.checkpoint import load_checkpoint, model_from_checkpoint
     from p2m_geo.data.images import load_image
     from p2m_geo.engine import resolve_device
+    from p2m_geo.mesh import graph_mesh
 
     images = list(images)
     targets = output_paths(images, out)
@@ -85,11 +86,8 @@ def predict(images, out, checkpoint, all_levels, preview, device) -> None:
     for index, target in enumerate(targets):
         levels = range(3) if all_levels else [2]
         for level in levels:
-            mesh = output.meshes[level]
-            mask = mesh.batch == index
-            offset = int(mask.nonzero()[0])
-            faces = (mesh.face[:, mesh.batch[mesh.face[0]] == index] - offset).t().cpu().numpy()
-            vertices = mesh.pos[mask].cpu().double().numpy()
+            vertices, faces = graph_mesh(output.meshes[level], index)
+            vertices, faces = vertices.cpu().double().numpy(), faces.cpu().numpy()
             path = target if level == 2 else target.with_name(f"{target.stem}_level{level + 1}{target.suffix}")
             write_mesh(path, vertices, faces)
             log.info("wrote %s (%d vertices, %d faces)", path, len(vertices), len(faces))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import logging
 import math
@@ -24,6 +25,7 @@ from p2m_geo.config import Config, to_dict
 from p2m_geo.data.shapenet import ShapeNetP2M, collate_samples
 from p2m_geo.io_utils import atomic_path, atomic_write_bytes
 from p2m_geo.losses import P2MLoss
+from p2m_geo.mesh import graph_mesh
 from p2m_geo.metrics import F_SCORE_TAU, reconstruction_metrics, sample_points_on_faces
 from p2m_geo.models import Pixel2Mesh
 
@@ -287,28 +289,25 @@ def format_table(results: Dict[str, Dict[str, Dict[str, float]]]) -> str:
 # ------------------------------------------------------------------------------ previews
 @torch.no_grad()
 def write_preview(model: Pixel2Mesh, dataset, indices: List[int], device: torch.device, path: Path) -> bool:
-    """Input image | prediction from the input camera | prediction turned 90 deg, one row per sample."""
-    try:
-        from PIL import Image
+    """Input image | prediction from the input camera | prediction turned 90 deg, one row per sample.
 
-        from p2m_geo.render import render_mesh_views, side_by_side
-    except ImportError:  # pragma: no cover - open3d missing
-        return False
-    try:
-        import open3d  # noqa: F401
-    except ImportError:
+    Returns False (and writes nothing) where open3d, the CPU renderer, is not installed.
+    """
+    if importlib.util.find_spec("open3d") is None:
         log.info("open3d is not installed: skipping the preview")
         return False
+    from PIL import Image
+
+    from p2m_geo.render import render_mesh_views, side_by_side
+
     model.eval()
     batch = collate_samples([dataset[i] for i in indices]).to(device)
     mesh = model(batch.images, batch.intrinsics).meshes[-1]
     rows = []
     for graph in range(len(batch)):
-        mask = mesh.batch == graph
-        offset = int(mask.nonzero()[0])
-        faces = (mesh.face[:, mesh.batch[mesh.face[0]] == graph] - offset).t().cpu().numpy()
+        vertices, faces = graph_mesh(mesh, graph)
         image = (batch.images[graph].permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
-        rows.append([image] + render_mesh_views(mesh.pos[mask].cpu().numpy().astype(np.float64), faces))
+        rows.append([image] + render_mesh_views(vertices.cpu().double().numpy(), faces.cpu().numpy()))
     with atomic_path(path) as tmp:
         Image.fromarray(side_by_side(rows)).save(tmp, format="PNG")
     return True

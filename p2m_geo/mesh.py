@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, List
+from typing import List, Tuple
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ __all__ = [
     "orient_faces_outward",
     "signed_volume",
     "batch_template",
+    "graph_mesh",
 ]
 
 ASSET_NAME = "ellipsoid.npz"
@@ -158,6 +159,14 @@ def ellipsoid_hierarchy() -> EllipsoidHierarchy:
             unpool.append(index)
         levels.append(data)
     return EllipsoidHierarchy(levels=levels, unpool_index=unpool)
+
+
+def graph_mesh(batch: Batch, index: int) -> Tuple[Tensor, Tensor]:
+    """Vertices ``[V,3]`` and local faces ``[F,3]`` of graph ``index`` in a mesh ``Batch``."""
+    mask = batch.batch == index
+    offset = int(batch.ptr[index]) if getattr(batch, "ptr", None) is not None else int(mask.nonzero()[0])
+    faces = batch.face[:, batch.batch[batch.face[0]] == index] - offset
+    return batch.pos[mask], faces.t()
 
 
 def batch_template(template: Data, batch_size: int) -> Batch:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import gzip
 import pickle
-import shutil
 from collections import Counter
 from pathlib import Path
 

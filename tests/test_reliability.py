@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import os
-import pickle
 import random
 import signal
 import subprocess
@@ -14,12 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from conftest import TINY_MODEL, CreatesFileWhenUnpickled
 from p2m_geo.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from p2m_geo.data import DatFileError, ImageFileError, load_dat, load_image
+from p2m_geo.data import ImageFileError, load_image
 from p2m_geo.models import Pixel2Mesh
 
 
