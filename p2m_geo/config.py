@@ -84,6 +84,7 @@ class TrainConfig:
     max_bad_steps: int = 20  #: consecutive non-finite steps before training stops
     preview_samples: int = 4  #: fixed validation samples drawn in each epoch's preview PNG
     eval_max_samples: int = 0  #: cap on validation samples per epoch (0: all)
+    amp: bool = False  #: bfloat16 autocast for the network's forward (losses stay float32)
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):

@@ -157,13 +157,18 @@ class ModelWithLoss(nn.Module):
     """Forward pass plus loss in one module, so DDP sees the loss and finds every used parameter
     (its output search does not look inside PyG ``Batch`` objects)."""
 
-    def __init__(self, model: Pixel2Mesh, loss_fn: P2MLoss) -> None:
+    def __init__(self, model: Pixel2Mesh, loss_fn: P2MLoss, amp: bool = False) -> None:
         super().__init__()
         self.model = model
         self.loss_fn = loss_fn
+        self.amp = amp
 
     def forward(self, batch, use_image_branch: bool):
-        output = self.model(batch.images, batch.intrinsics, reconstruct_image=use_image_branch)
+        device_type = batch.images.device.type
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.amp):
+            output = self.model(batch.images, batch.intrinsics, reconstruct_image=use_image_branch)
+        if self.amp:  # losses (nearest neighbours, small squared distances) in float32
+            output = output.float()
         return self.loss_fn(output, batch.target, batch.images if use_image_branch else None)
 
 
@@ -378,7 +383,7 @@ def run_training(config: Config, run_dir: Path, resume: bool = False, quiet: boo
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False).encode())
     ctx.barrier()
-    trained: nn.Module = ModelWithLoss(model, loss_fn)
+    trained: nn.Module = ModelWithLoss(model, loss_fn, amp=config.train.amp)
     if ctx.enabled:
         # The image decoder is used in the first epoch(s) only, hence find_unused_parameters.
         trained = nn.parallel.DistributedDataParallel(

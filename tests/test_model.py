@@ -265,3 +265,37 @@ def test_backbone_weights_load_from_a_local_file(tmp_path):
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="backbone_weights: expected a ResNet state dict"):
         build_encoder("resnet50", weights_path=str(tmp_path / "bad.pt"))
+
+
+def test_bf16_autocast_matches_float32_within_tolerance():
+    """Stated tolerance of the autocast mode: vertex positions within 5e-3 (camera-frame units,
+    the mesh spans ~0.5) of float32, and batch equivalence within the same bound."""
+    torch.manual_seed(0)
+    model = Pixel2Mesh(ModelConfig(encoder_width=0.25, hidden=32, num_residual=2)).eval()
+    images, intrinsics = torch.rand(3, 3, 224, 224), torch.stack([three_cameras(torch.float32)[i] for i in range(3)])
+    with torch.no_grad():
+        reference = model(images, intrinsics).meshes[2]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            together = model(images, intrinsics).meshes[2]
+            alone = model(images[1:2], intrinsics[1:2]).meshes[2]
+    assert together.pos.dtype == torch.float32
+    assert (together.pos - reference.pos).abs().max() < 5e-3
+    assert (together.pos[together.batch == 1] - alone.pos).abs().max() < 5e-3
+    assert (reference.pos - model.pos_2.repeat(3, 1)).abs().max() > 2e-2  # the tolerance is below the signal
+
+
+def test_amp_training_step_keeps_losses_in_float32():
+    from p2m_geo.engine import ModelWithLoss
+    from p2m_geo.losses import P2MLoss
+    from types import SimpleNamespace
+
+    model = Pixel2Mesh(SMALL)
+    step = ModelWithLoss(model, P2MLoss(), amp=True)
+    target = Batch.from_data_list([Data(pos=torch.randn(200, 3) * 0.2 + torch.tensor([0, 0, -0.8]),
+                                        normal=torch.randn(200, 3)) for _ in range(2)])
+    batch = SimpleNamespace(images=torch.rand(2, 3, 224, 224), intrinsics=default_intrinsics(2), target=target)
+    total, terms = step(batch, use_image_branch=True)
+    assert total.dtype == torch.float32 and torch.isfinite(total)
+    assert all(value.dtype == torch.float32 for value in terms.values())
+    total.backward()
+    assert model.blocks[2].conv_out.lin_rel.weight.grad.abs().sum() > 0

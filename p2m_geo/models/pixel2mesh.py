@@ -41,6 +41,16 @@ class Pixel2MeshOutput:
     pos_before: List[Tensor]
     image_logits: Optional[Tensor] = None
 
+    def float(self) -> "Pixel2MeshOutput":
+        """The same output with every floating tensor in float32 (after autocast)."""
+        meshes = []
+        for mesh in self.meshes:
+            mesh = copy.copy(mesh)
+            mesh.pos = mesh.pos.float()
+            meshes.append(mesh)
+        logits = None if self.image_logits is None else self.image_logits.float()
+        return Pixel2MeshOutput(meshes, [p.float() for p in self.pos_before], logits)
+
 
 class Pixel2Mesh(nn.Module):
     r"""Image -> mesh by three graph-convolutional deformations of an ellipsoid.
@@ -135,6 +145,8 @@ class Pixel2Mesh(nn.Module):
             feature_maps = self.encoder(images)
         intrinsics = intrinsics.to(feature_maps[0].dtype)
 
+        # torch's CSR kernels have no bfloat16 path: under autocast aggregate by scatter instead
+        use_csr = not torch.is_autocast_enabled(images.device.type)
         meshes, pos_before = [], []
         topology, conv_index = self._batched(0, batch_size)
         pos, hidden = topology.pos, None
@@ -152,7 +164,7 @@ class Pixel2Mesh(nn.Module):
             if hidden is not None:
                 features = torch.cat([features, hidden], dim=-1)
             with record_function("p2m.gresnet"):
-                offset, hidden = block(features, conv_index)
+                offset, hidden = block(features, conv_index if use_csr else topology.edge_index)
             pos_before.append(pos)
             mesh = copy.copy(topology)  # shares the cached topology tensors
             mesh.pos = pos + offset

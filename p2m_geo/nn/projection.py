@@ -60,9 +60,9 @@ class GraphProjection(nn.Module):
         dense_grid = dense_grid.unsqueeze(2)  # [B, Nmax, 1, 2]
         sampled = [pos]
         for fmap in feature_maps:
+            # sample in the coordinates' precision: bf16 grids would be off by ~0.1 px
             values = F.grid_sample(
-                fmap, dense_grid.to(fmap.dtype), mode="bilinear", padding_mode="border",
-                align_corners=False,
+                fmap.to(grid.dtype), dense_grid, mode="bilinear", padding_mode="border", align_corners=False,
             )  # [B, C, Nmax, 1]
             sampled.append(values.squeeze(-1).transpose(1, 2)[mask].to(pos.dtype))
         return torch.cat(sampled, dim=-1)
