@@ -242,7 +242,6 @@ def evaluate(model: Optional[Pixel2Mesh], loader: DataLoader, device: torch.devi
         raise ValueError(f"protocol: expected p2m or meshrcnn, got {protocol!r}")
     generator = torch.Generator(device=device).manual_seed(seed)
     sums: Dict[str, Dict[str, Dict[str, float]]] = {}
-    template = baseline or model
     seen = 0
     if model is not None:
         model.eval()
@@ -252,7 +251,7 @@ def evaluate(model: Optional[Pixel2Mesh], loader: DataLoader, device: torch.devi
         if model is not None:
             predictions["model"] = model(batch.images, batch.intrinsics).meshes[-1]
         if baseline is not None:
-            predictions["ellipsoid"] = template.batched_template(2, len(batch))
+            predictions["ellipsoid"] = baseline.batched_template(2, len(batch))
         for name, mesh in predictions.items():
             pos, pos_batch = mesh.pos, mesh.batch
             if protocol == "meshrcnn":
