@@ -6,7 +6,9 @@ matmul peak measured in the same run. The breakdown comes from ``torch.profiler`
 (``record_function`` scopes in the model: encoder, projection, G-ResNet, unpooling;
 here: losses, optimiser). Data loading is measured alone on the procedural dataset.
 
-Usage: python benchmarks/bm_train.py [--preset full|cpu-quick] [--batch-sizes 1 8 32] [--quick] [--write]
+Usage: python benchmarks/bm_train.py [--preset full|cpu-quick] [--batch-sizes 1 8 32] [--quick]
+       [--amp] [--compile] [--no-channels-last] [--workers N] [--write]
+On a GPU: python benchmarks/bm_train.py --device cuda --amp --compile --batch-sizes 1 8 32 64 128 --write
 """
 from __future__ import annotations
 
@@ -90,15 +92,27 @@ def train_step(model, loss_fn, optimizer, images, intrinsics, target, amp: bool 
         optimizer.step()
 
 
-def measure(config: Config, batch_size: int, device: torch.device, steps: int, peak: float, amp: bool = False) -> dict:
+def measure(config: Config, batch_size: int, device: torch.device, steps: int, peak: float, amp: bool = False,
+            compile_model: bool = False, channels_last: bool = True) -> dict:
     torch.manual_seed(0)
-    model = Pixel2Mesh(config.model).to(device).train()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = Pixel2Mesh(config.model).to(device, memory_format=memory_format).train()
     loss_fn = P2MLoss(config.loss)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
     images, intrinsics, target = synthetic_batch(batch_size, device)
     step = lambda: train_step(model, loss_fn, optimizer, images, intrinsics, target, amp)  # noqa: E731
     step()
-    flops_per_sample = count_flops(model, step) / batch_size
+    flops_per_sample = count_flops(model, step) / batch_size  # on the eager model
+    compile_seconds = 0.0
+    if compile_model:
+        start = time.perf_counter()
+        model.compile_submodules()
+        step()
+        step()  # the optimizer's first steps also compile
+        synchronize(device)
+        compile_seconds = time.perf_counter() - start
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     synchronize(device)
     times = []
     for _ in range(steps):
@@ -110,20 +124,30 @@ def measure(config: Config, batch_size: int, device: torch.device, steps: int, p
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])) as prof:
         step()
         synchronize(device)
-    totals = {e.key: e.cpu_time_total for e in prof.key_averages() if e.key in PARTS}
+    events = [e for e in prof.key_averages() if e.key in PARTS]
+    totals = {e.key: e.cpu_time_total for e in events}
+    if device.type == "cuda" and any(e.device_time_total for e in events):
+        totals = {e.key: e.device_time_total for e in events}
     whole = sum(totals.values()) or 1.0
     samples_per_s = batch_size / seconds
+    if device.type == "cuda":
+        peak_memory_gb = torch.cuda.max_memory_allocated(device) / 2**30
+    else:
+        peak_memory_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return {
         "batch": batch_size,
         "samples_per_s": samples_per_s,
         "gflop_per_sample": flops_per_sample / 1e9,
         "mfu": flops_per_sample * samples_per_s / (peak * 1e9),
         "breakdown": {k.split(".")[1]: totals.get(k, 0.0) / whole for k in PARTS},
-        "max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_memory_gb": peak_memory_gb,
+        "compile_seconds": compile_seconds,
     }
 
 
-def data_loading_rate(config: Config, batch_size: int, workers: int, batches: int = 10) -> float:
+def data_loading_rate(config: Config, batch_size: int, workers: int, device: torch.device, batches: int = 10) -> float:
+    """Samples/s of the training DataLoader alone (decode, resize, collate; pinned and copied to
+    ``device`` when it is a GPU), on the cached procedural dataset."""
     from p2m_geo.data import ShapeNetP2M
     from p2m_geo.engine import DistributedContext, default_data_root, make_loader
 
@@ -131,12 +155,14 @@ def data_loading_rate(config: Config, batch_size: int, workers: int, batches: in
     if not (root / "train_list.txt").is_file():
         return float("nan")
     dataset = ShapeNetP2M(root, root / "train_list.txt")
-    loader = make_loader(dataset, batch_size, True, workers, 0, 0, DistributedContext())
+    loader = make_loader(dataset, batch_size, True, workers, 0, 0, DistributedContext(), pin_memory=device.type == "cuda")
     iterator = iter(loader)
     next(iterator)
+    batches = min(batches, len(loader) - 1)
     start, count = time.perf_counter(), 0
     for _ in range(batches):
-        count += len(next(iterator))
+        count += len(next(iterator).to(device, non_blocking=True))
+    synchronize(device)
     return count / (time.perf_counter() - start)
 
 
@@ -148,6 +174,9 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="cpu-quick preset, B in {1, 8}, 3 steps (< 1 min)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast for the network (MFU still vs fp32 peak)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the encoder and deformation blocks")
+    parser.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="NCHW encoder")
+    parser.add_argument("--workers", type=int, default=2, help="loader workers for the data-loading measurement")
     parser.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -156,25 +185,37 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     config = from_dict(Config, preset_dict(args.preset))
     peak = matmul_peak_gflops(device)
-    rows = ["| B | samples/s | GFLOP/sample | MFU | encoder | projection | G-ResNet | unpooling | losses | backward | optimiser | max RSS GB |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    memory = "peak allocated GB" if device.type == "cuda" else "max RSS GB (process)"
+    rows = [f"| B | samples/s | vs B = {min(args.batch_sizes)} | GFLOP/sample | MFU | encoder | projection | G-ResNet | "
+            f"unpooling | losses | backward | optimiser | {memory} | per sample MB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    results = []
     for batch_size in sorted(args.batch_sizes):
-        r = measure(config, batch_size, device, args.steps, peak, args.amp)
+        r = measure(config, batch_size, device, args.steps, peak, args.amp, args.compile, args.channels_last)
+        results.append(r)
         b = r["breakdown"]
         rows.append(
-            f"| {batch_size} | {r['samples_per_s']:.2f} | {r['gflop_per_sample']:.1f} | {100 * r['mfu']:.1f}% | "
+            f"| {batch_size} | {r['samples_per_s']:.2f} | {r['samples_per_s'] / results[0]['samples_per_s']:.2f}x | "
+            f"{r['gflop_per_sample']:.1f} | {100 * r['mfu']:.1f}% | "
             + " | ".join(f"{100 * b[k]:.0f}%" for k in ("encoder", "projection", "gresnet", "unpooling", "losses", "backward", "optimizer"))
-            + f" | {r['max_rss_gb']:.2f} |"
+            + f" | {r['peak_memory_gb']:.2f} | {r['peak_memory_gb'] * 1024 / batch_size:.0f} |"
         )
         log.info(rows[-1])
-    loading = data_loading_rate(config, 8, workers=2)
+    best = max(results, key=lambda r: r["samples_per_s"])
+    loading = data_loading_rate(config, best["batch"], args.workers, device)
+    mode = ", ".join(name for name, on in (("bf16 autocast", args.amp), ("torch.compile", args.compile),
+                                           ("channels-last", args.channels_last)) if on) or "fp32"
+    compile_note = f" Compilation took {max(r['compile_seconds'] for r in results):.0f} s (excluded)." if args.compile else ""
     body = (
-        f"Machine: {machine_description(device)}\n\nPreset `{args.preset}`, {'bf16 autocast' if args.amp else 'fp32'}, synthetic inputs (9000 GT points per sample); "
-        f"fp32 matmul peak measured in this run: {peak:.0f} GFLOP/s. Breakdown = share of profiled CPU time "
-        f"(forward parts; backward and optimiser as whole phases).\n\n" + "\n".join(rows)
-        + f"\n\nData loading alone (procedural dataset, 2 workers, B = 8): {loading:.0f} samples/s.\n"
+        f"Machine: {machine_description(device)}\n\nPreset `{args.preset}`, {mode}, synthetic inputs (9000 GT points per "
+        f"sample); fp32 matmul peak measured in this run: {peak:.0f} GFLOP/s. Breakdown = share of profiled "
+        f"{'GPU' if device.type == 'cuda' else 'CPU'} time (forward parts; backward and optimiser as whole phases)."
+        f"{compile_note}\n\n" + "\n".join(rows)
+        + f"\n\nBest: {best['samples_per_s']:.1f} samples/s at B = {best['batch']}. Data loading alone (procedural "
+        f"dataset, {args.workers} workers, B = {best['batch']}{', pinned, copied to the GPU' if device.type == 'cuda' else ''}): "
+        f"{loading:.0f} samples/s, {loading / best['samples_per_s']:.1f}x the training step.\n"
     )
-    report(f"Training step ({args.preset}{', bf16 autocast' if args.amp else ''}, {device.type})", body, args.write)
+    report(f"Training step ({args.preset}, {mode}, {device.type})", body, args.write)
 
 
 if __name__ == "__main__":

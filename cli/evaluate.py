@@ -29,13 +29,15 @@ log = logging.getLogger("p2m_geo.cli.eval")
 def evaluate_command(checkpoint, data_root, file_list, protocol, batch_size, workers, device, max_samples, baseline,
                      json_path, on_bad_sample) -> None:
     """Per-category Chamfer distance (x1000) and F-scores at tau = 1e-4 and 2 tau (%)."""
+    import torch
+
     from p2m_geo.checkpoint import load_checkpoint, model_from_checkpoint
     from p2m_geo.data import ShapeNetP2M
     from p2m_geo.engine import DistributedContext, evaluate, format_table, make_loader, resolve_device, resolve_list
     from p2m_geo.io_utils import atomic_write_bytes
 
     torch_device = resolve_device(device)
-    model = model_from_checkpoint(load_checkpoint(checkpoint), str(checkpoint)).to(torch_device)
+    model = model_from_checkpoint(load_checkpoint(checkpoint), str(checkpoint)).to(torch_device, memory_format=torch.channels_last)
     dataset = ShapeNetP2M(data_root, resolve_list(Path(data_root), file_list), on_bad_sample=on_bad_sample)
     loader = make_loader(dataset, batch_size, False, workers, 0, 0, DistributedContext(), torch_device.type == "cuda")
     results = evaluate(model, loader, torch_device, protocol, baseline=model if baseline else None,

@@ -79,7 +79,8 @@ def predict(images, out, checkpoint, all_levels, preview, device) -> None:
     pixels = torch.stack([load_image(p) for p in images])  # fails before any output is written
     checkpoint = checkpoint or newest_best_checkpoint()
     torch_device = resolve_device(device)
-    model = model_from_checkpoint(load_checkpoint(checkpoint), str(checkpoint)).to(torch_device).eval()
+    model = model_from_checkpoint(load_checkpoint(checkpoint), str(checkpoint))
+    model = model.to(torch_device, memory_format=torch.channels_last).eval()
     with torch.no_grad():
         output = model(pixels.to(torch_device), default_intrinsics(len(images), device=torch_device))
     preview_rows = []

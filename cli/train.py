@@ -64,6 +64,9 @@ def _run_name(preset: str, ctx) -> str:
 @click.option("--max-steps", type=click.IntRange(min=0), help="Stop after this many optimiser steps.")
 @click.option("--on-bad-sample", type=click.Choice(["fail", "skip"]))
 @click.option("--amp/--no-amp", default=None, help="bfloat16 autocast for the network (losses stay float32).")
+@click.option("--compile/--no-compile", "compile_model", default=None,
+              help="torch.compile the encoder and deformation blocks (for GPUs).")
+@click.option("--channels-last/--no-channels-last", default=None, help="NHWC encoder convolutions [default: on].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True,
               help="Folder that holds the run folders.")
 @click.option("--name", help="Run folder name [default: date-time and preset].")
@@ -72,7 +75,8 @@ def _run_name(preset: str, ctx) -> str:
 @click.option("--quiet", is_flag=True, help="No progress bars; warnings only.")
 @friendly_errors
 def train(preset, config_file, data_root, train_list, val_list, epochs, batch_size, lr, hidden, backbone,
-          backbone_weights, device, workers, seed, max_steps, on_bad_sample, amp, out, name, resume_dir, quiet) -> None:
+          backbone_weights, device, workers, seed, max_steps, on_bad_sample, amp, compile_model, channels_last,
+          out, name, resume_dir, quiet) -> None:
     """Train Pixel2Mesh; with no options, on the procedural dataset (generated once, cached)."""
     from p2m_geo.engine import init_distributed, run_training
 
@@ -81,7 +85,8 @@ def train(preset, config_file, data_root, train_list, val_list, epochs, batch_si
     overrides = {
         "model": {"hidden": hidden, "backbone": backbone, "backbone_weights": backbone_weights},
         "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "device": device, "workers": workers,
-                  "seed": seed, "max_steps": max_steps, "amp": amp},
+                  "seed": seed, "max_steps": max_steps, "amp": amp,
+                  "compile": compile_model, "channels_last": channels_last},
         "data": {"root": str(data_root) if data_root else None, "train_list": train_list, "val_list": val_list,
                  "on_bad_sample": on_bad_sample},
     }

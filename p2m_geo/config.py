@@ -85,6 +85,8 @@ class TrainConfig:
     preview_samples: int = 4  #: fixed validation samples drawn in each epoch's preview PNG
     eval_max_samples: int = 0  #: cap on validation samples per epoch (0: all)
     amp: bool = False  #: bfloat16 autocast for the network's forward (losses stay float32)
+    channels_last: bool = True  #: NHWC encoder convolutions (faster with oneDNN on CPU and on GPUs)
+    compile: bool = False  #: torch.compile the encoder and deformation blocks (for GPUs; no gain on CPU)
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):

@@ -148,8 +148,8 @@ def _all_finite(value: torch.Tensor, ctx: DistributedContext) -> bool:
 
 
 def _gradients_finite(model: nn.Module, ctx: DistributedContext) -> bool:
-    norms = [p.grad.detach().norm() for p in model.parameters() if p.grad is not None]
-    total = torch.stack(norms).sum() if norms else torch.zeros(())
+    grads = [p.grad.detach() for p in model.parameters() if p.grad is not None]
+    total = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())  # one fused (foreach) reduction
     return _all_finite(total, ctx)
 
 
@@ -364,7 +364,8 @@ def run_training(config: Config, run_dir: Path, resume: bool = False, quiet: boo
     if config.train.eval_max_samples:
         val_set = Subset(val_set, list(range(min(len(val_set), config.train.eval_max_samples))))
 
-    model = Pixel2Mesh(config.model).to(device)
+    memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
+    model = Pixel2Mesh(config.model).to(device, memory_format=memory_format)
     loss_fn = P2MLoss(config.loss)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.train.lr_milestones), config.train.lr_gamma)
@@ -382,6 +383,8 @@ def run_training(config: Config, run_dir: Path, resume: bool = False, quiet: boo
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False).encode())
     ctx.barrier()
+    if config.train.compile:
+        model.compile_submodules()
     trained: nn.Module = ModelWithLoss(model, loss_fn, amp=config.train.amp)
     if ctx.enabled:
         # The image decoder is used in the first epoch(s) only, hence find_unused_parameters.

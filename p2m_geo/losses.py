@@ -40,6 +40,7 @@ __all__ = [
     "ChamferResult",
     "chamfer_distance",
     "edge_length_loss",
+    "edge_and_normal_losses",
     "laplacian",
     "laplacian_loss",
     "normal_loss",
@@ -150,6 +151,7 @@ def chamfer_distance(
     reduction: str = "mean",
     nearest: str = "auto",
     chunk_bytes: Optional[int] = None,
+    x_nearest: Optional[Tensor] = None,
 ) -> ChamferResult:
     r"""Exact, batched, memory-bounded chamfer distance (squared Euclidean).
 
@@ -168,6 +170,8 @@ def chamfer_distance(
         x, y: points ``[Nx,3]`` and ``[Ny,3]``; ``x_batch``, ``y_batch``: their graph ids
             (sorted, as in a PyG ``Batch``). Every graph must have points in both.
         num_graphs: number of graphs (default: from the batch vectors).
+        x_nearest: the :math:`x \to y` nearest indices when already known (P2MLoss finds
+            them for all three mesh levels in one search against the same GT cloud).
 
     Returns:
         :class:`ChamferResult` with ``x_to_y``, ``y_to_x`` (``[B]`` when
@@ -179,7 +183,10 @@ def chamfer_distance(
     y_counts = torch.bincount(y_batch, minlength=num_graphs)
     if bool(((x_counts == 0) | (y_counts == 0)).any()):
         raise ValueError("chamfer_distance: expected every graph to have points in both x and y, got an empty graph")
-    x_nearest = _nearest_indices(x.detach(), x_batch, y.detach(), y_batch, num_graphs, nearest, chunk_bytes)
+    if x_nearest is None:
+        x_nearest = _nearest_indices(x.detach(), x_batch, y.detach(), y_batch, num_graphs, nearest, chunk_bytes)
+    elif x_nearest.shape != x_batch.shape:
+        raise ValueError(f"x_nearest: expected {list(x_batch.shape)} indices (one per x point), got {list(x_nearest.shape)}")
     y_nearest = _nearest_indices(y.detach(), y_batch, x.detach(), x_batch, num_graphs, nearest, chunk_bytes)
     x_dist = (x - y[x_nearest]).square().sum(-1)
     y_dist = (y - x[y_nearest]).square().sum(-1)
@@ -234,14 +241,23 @@ def normal_loss(pos: Tensor, edge_index: Tensor, batch: Tensor, gt_normals_of_ne
     (``gt_normals_of_nearest[i]``), as in the original. Both edge directions are used,
     so each edge is judged against the normals at both of its ends.
     """
+    return edge_and_normal_losses(pos, edge_index, batch, gt_normals_of_nearest, num_graphs, reduction, eps)[1]
+
+
+def edge_and_normal_losses(pos: Tensor, edge_index: Tensor, batch: Tensor, gt_normals_of_nearest: Tensor,
+                           num_graphs: Optional[int] = None, reduction: str = "mean",
+                           eps: float = 1e-12) -> Tuple[Tensor, Tensor]:
+    r""":func:`edge_length_loss` and :func:`normal_loss` from one gather of the edge vectors
+    :math:`p_j - p_i` and one per-graph reduction of both per-edge terms (what
+    :class:`P2MLoss` uses; the two functions alone each gather the edges again)."""
     num_graphs = _num_graphs(batch, num_graphs)
     source, target = edge_index
     edge = pos[target] - pos[source]
-    edge = edge / edge.norm(dim=-1, keepdim=True).clamp_min(eps)
-    normal = gt_normals_of_nearest[source]
-    normal = normal / normal.norm(dim=-1, keepdim=True).clamp_min(eps)
-    cosine = (edge * normal).sum(-1).abs()
-    return _reduce(scatter(cosine, batch[source], num_graphs, reduce="mean"), reduction)
+    squared = edge.square().sum(-1)
+    unit_normal = gt_normals_of_nearest / gt_normals_of_nearest.norm(dim=-1, keepdim=True).clamp_min(eps)
+    cosine = (edge * unit_normal[source]).sum(-1).abs() / squared.sqrt().clamp_min(eps)
+    per_graph = scatter(torch.stack([squared, cosine], dim=-1), batch[source], num_graphs, reduce="mean")
+    return _reduce(per_graph[:, 0], reduction), _reduce(per_graph[:, 1], reduction)
 
 
 def move_loss(pos_before: Tensor, pos_after: Tensor, batch: Tensor, num_graphs: Optional[int] = None,
@@ -259,12 +275,16 @@ class P2MLoss(nn.Module):
     and the ground truth as a PyG ``Batch`` with ``pos`` and ``normal`` (``[M,3]`` each) and
     ``batch``; ``images`` enables the image-reconstruction term when the output has
     ``image_logits``. Returns ``(total, terms)`` where ``terms`` maps each weighted term
-    (summed over blocks) to a scalar; ``total`` is their sum.
+    (summed over blocks) to a scalar; ``total`` is their sum. ``nearest`` picks the
+    chamfer search (see :func:`chamfer_distance`).
     """
 
-    def __init__(self, weights: Optional[LossWeights] = None) -> None:
+    def __init__(self, weights: Optional[LossWeights] = None, nearest: str = "auto") -> None:
         super().__init__()
+        if nearest not in NEAREST_BACKENDS:
+            raise ValueError(f"nearest: expected one of {', '.join(NEAREST_BACKENDS)}, got {nearest!r}")
         self.weights = weights or LossWeights()
+        self.nearest = nearest
 
     def forward(self, output, target, images: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
         w = self.weights
@@ -274,12 +294,21 @@ class P2MLoss(nn.Module):
         def add(name: str, value: Tensor) -> None:
             terms[name] = terms[name] + value if name in terms else value
 
+        # vertices -> GT nearest neighbours of all three levels in one search of the same GT cloud
+        vertex_batch = torch.cat([mesh.batch for mesh in output.meshes])
+        order = torch.argsort(vertex_batch, stable=True)  # graph-sorted, as the searches expect
+        vertices = torch.cat([mesh.pos.detach() for mesh in output.meshes])[order]
+        found = _nearest_indices(vertices, vertex_batch[order], target.pos, target.batch, num_graphs, self.nearest, None)
+        nearest_gt = torch.empty_like(found).index_put_((order,), found)
+        nearest_gt = nearest_gt.split([mesh.pos.size(0) for mesh in output.meshes])
         for block, (mesh, before) in enumerate(zip(output.meshes, output.pos_before)):
-            chamfer = chamfer_distance(mesh.pos, mesh.batch, target.pos, target.batch, num_graphs)
+            chamfer = chamfer_distance(mesh.pos, mesh.batch, target.pos, target.batch, num_graphs,
+                                       nearest=self.nearest, x_nearest=nearest_gt[block])
             add("chamfer", w.chamfer * chamfer.y_to_x + w.chamfer_pred_to_gt * chamfer.x_to_y)
-            add("normal", w.normal * normal_loss(mesh.pos, mesh.edge_index, mesh.batch,
-                                                 target.normal[chamfer.x_nearest], num_graphs))
-            add("edge", w.edge * edge_length_loss(mesh.pos, mesh.edge_index, mesh.batch, num_graphs))
+            edge, normal = edge_and_normal_losses(mesh.pos, mesh.edge_index, mesh.batch,
+                                                  target.normal[chamfer.x_nearest], num_graphs)
+            add("normal", w.normal * normal)
+            add("edge", w.edge * edge)
             factor = w.laplacian_first_block if block == 0 else 1.0
             neighbours = getattr(mesh, "conv_index", None)
             neighbours = mesh.edge_index if neighbours is None else neighbours

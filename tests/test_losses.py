@@ -10,6 +10,7 @@ from p2m_geo.data import load_dat
 from p2m_geo.losses import (
     P2MLoss,
     chamfer_distance,
+    edge_and_normal_losses,
     edge_length_loss,
     laplacian_loss,
     move_loss,
@@ -183,6 +184,30 @@ def test_normal_loss_matches_loop(levels, scatter_backend):
         offset += g.num_nodes
 
 
+def test_edge_and_normal_losses_match_the_separate_references(levels):
+    graphs, batch = mixed_batch(levels)
+    generator = torch.Generator().manual_seed(6)
+    normals = torch.randn(batch.num_nodes, 3, generator=generator, dtype=torch.float64)
+    edge, normal = edge_and_normal_losses(batch.pos, batch.edge_index, batch.batch, normals, reduction="none")
+    offset = 0
+    for b, g in enumerate(graphs):
+        assert edge[b].item() == pytest.approx(ref_edge_length(g), rel=1e-10)
+        expected = ref_normal_loss(g.pos.numpy(), g.edge_index, normals[offset : offset + g.num_nodes].numpy())
+        assert normal[b].item() == pytest.approx(expected, rel=1e-10)
+        offset += g.num_nodes
+
+
+def test_chamfer_with_given_nearest_indices():
+    _, x, xb = random_clouds([40, 7], seed=3)
+    _, y, yb = random_clouds([30, 50], seed=4)
+    searched = chamfer_distance(x, xb, y, yb, reduction="none")
+    given = chamfer_distance(x, xb, y, yb, reduction="none", x_nearest=searched.x_nearest)
+    torch.testing.assert_close(given.x_to_y, searched.x_to_y, rtol=0, atol=0)
+    torch.testing.assert_close(given.y_to_x, searched.y_to_x, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"x_nearest: expected \[47\] indices \(one per x point\), got \[46\]"):
+        chamfer_distance(x, xb, y, yb, x_nearest=searched.x_nearest[:-1])
+
+
 def small_mesh_batch(levels):
     graphs = [perturbed(levels[0], 1), perturbed(levels[0], 2)]
     return Batch.from_data_list(graphs)
@@ -266,5 +291,16 @@ def test_p2m_loss_combines_weighted_terms():
     torch.testing.assert_close(terms["edge"], expected_edge)
     expected_move = sum(weights.move * move_loss(b, m.pos, m.batch) for b, m in zip(output.pos_before[1:], output.meshes[1:]))
     torch.testing.assert_close(terms["move"], expected_move)
+    # chamfer and normal: one shared vertex -> GT search for the three levels gives what
+    # three independent calls give
+    chamfers = [chamfer_distance(m.pos, m.batch, gt.pos, gt.batch) for m in output.meshes]
+    expected_chamfer = sum(weights.chamfer * c.y_to_x + weights.chamfer_pred_to_gt * c.x_to_y for c in chamfers)
+    torch.testing.assert_close(terms["chamfer"], expected_chamfer)
+    expected_normal = sum(weights.normal * normal_loss(m.pos, m.edge_index, m.batch, gt.normal[c.x_nearest])
+                          for m, c in zip(output.meshes, chamfers))
+    torch.testing.assert_close(terms["normal"], expected_normal)
+    _, matmul_terms = P2MLoss(weights, nearest="matmul")(output, gt, images)
+    for name, value in terms.items():
+        torch.testing.assert_close(matmul_terms[name], value, rtol=1e-5, atol=1e-7)
     total.backward()
     assert model.blocks[0].conv_out.lin_rel.weight.grad.abs().sum() > 0

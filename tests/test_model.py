@@ -51,15 +51,15 @@ def random_vertices(count: int, generator: torch.Generator) -> torch.Tensor:
     return torch.cat([xy, z], dim=1)
 
 
-def test_projection_matches_per_vertex_loop():
+@pytest.mark.parametrize("sizes,nodes_per_graph", [([5, 9, 7], None), ([6, 6, 6], 6)], ids=["ragged", "equal-size"])
+def test_projection_matches_per_vertex_loop(sizes, nodes_per_graph):
     generator = torch.Generator().manual_seed(1)
-    sizes = [5, 9, 7]
     pos = torch.cat([random_vertices(n, generator) for n in sizes])
     pos[0] = torch.tensor([5.0, 5.0, -1.0], dtype=torch.float64)  # far outside: border clamp
     batch = torch.repeat_interleave(torch.arange(3), torch.tensor(sizes))
     maps = [torch.randn(3, c, s, s, generator=generator, dtype=torch.float64) for c, s in ((4, 56), (3, 28), (2, 14), (5, 7))]
     intrinsics = three_cameras()
-    out = GraphProjection()(pos, batch, intrinsics, maps)
+    out = GraphProjection()(pos, batch, intrinsics, maps, nodes_per_graph=nodes_per_graph)
     assert out.shape == (sum(sizes), 3 + 4 + 3 + 2 + 5)
     for i in range(len(pos)):
         x, y, z = pos[i].tolist()
@@ -81,9 +81,19 @@ def test_projection_gradient_wrt_pos_matches_finite_differences():
     def sampled_features(p):
         return projection(p, batch, intrinsics, maps)[:, 3:]
 
+    def sampled_features_equal_size(p):
+        return projection(p, batch, intrinsics, maps, nodes_per_graph=3)[:, 3:]
+
     assert torch.autograd.gradcheck(sampled_features, (pos,), eps=1e-7, atol=1e-5)
+    assert torch.autograd.gradcheck(sampled_features_equal_size, (pos,), eps=1e-7, atol=1e-5)
     grad = torch.autograd.grad(sampled_features(pos).sum(), pos)[0]
     assert grad.abs().sum() > 0
+
+
+def test_projection_rejects_wrong_nodes_per_graph():
+    pos = torch.zeros(6, 3) + torch.tensor([0.0, 0.0, -1.0])
+    with pytest.raises(ValueError, match=r"nodes_per_graph: expected 2 graphs x 4 = 8 vertices, got 6"):
+        GraphProjection()(pos, torch.tensor([0, 0, 0, 1, 1, 1]), default_intrinsics(2), [torch.rand(2, 1, 7, 7)], nodes_per_graph=4)
 
 
 def test_unpooling_appends_midpoint_features_per_graph():
@@ -104,9 +114,10 @@ def test_unpooling_appends_midpoint_features_per_graph():
     assert new_batch.tolist() == expected_batch
 
 
-def test_gresnet_matches_dense_reference():
+@pytest.mark.parametrize("channels", [4, 9], ids=["widening-input", "narrowing-input"])
+def test_gresnet_matches_dense_reference(channels):
     generator = torch.Generator().manual_seed(3)
-    num_nodes, channels, hidden = 7, 4, 6
+    num_nodes, hidden = 7, 6
     edges = [(0, 1), (1, 2), (2, 3), (3, 0), (0, 2), (4, 5), (5, 6), (6, 4), (2, 4)]
     edge_index = torch.tensor(edges + [(j, i) for i, j in edges]).t()
     x = torch.randn(num_nodes, channels, generator=generator, dtype=torch.float64)
@@ -129,6 +140,40 @@ def test_gresnet_matches_dense_reference():
     offsets, hidden_out = network(x, edge_index)
     np.testing.assert_allclose(hidden_out.detach().numpy(), h, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(offsets.detach().numpy(), conv(network.conv_out, h), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("aggr", ["mean", "add", "max"])
+@pytest.mark.parametrize("in_channels,out_channels", [(12, 5), (5, 5), (5, 12)])
+@pytest.mark.parametrize("index_type", ["tensor", "EdgeIndex"])
+def test_fused_graph_conv_equals_pyg_graph_conv(aggr, in_channels, out_channels, index_type):
+    """Same parameters, same outputs and gradients as PyG's GraphConv (float64; float32 for
+    ``EdgeIndex``, whose cached CSR values are float32)."""
+    from torch_geometric import EdgeIndex
+    from torch_geometric.nn import GraphConv
+
+    from p2m_geo.nn import FusedGraphConv
+
+    generator = torch.Generator().manual_seed(5)
+    num_nodes = 30
+    edge_index = torch.randint(0, num_nodes, (2, 90), generator=generator)
+    dtype, tolerance = torch.float64, 1e-12
+    if index_type == "EdgeIndex":
+        edge_index = EdgeIndex(edge_index, sparse_size=(num_nodes, num_nodes)).sort_by("col")[0].fill_cache_()
+        dtype, tolerance = torch.float32, 1e-5
+    reference = GraphConv(in_channels, out_channels, aggr=aggr).to(dtype)
+    fused = FusedGraphConv(in_channels, out_channels, aggr=aggr).to(dtype)
+    fused.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(num_nodes, in_channels, generator=generator, dtype=dtype, requires_grad=True)
+    upstream = torch.randn(num_nodes, out_channels, generator=generator, dtype=dtype)
+    outputs, gradients = [], []
+    for layer in (reference, fused):
+        out = layer(x, edge_index)
+        grads = torch.autograd.grad(out, [x, *layer.parameters()], upstream)
+        outputs.append(out)
+        gradients.append(grads)
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=tolerance, atol=tolerance)
+    for got, expected in zip(gradients[1], gradients[0]):
+        torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
 
 
 def expected_parameter_count(config: ModelConfig, feature_channels) -> int:
@@ -299,3 +344,33 @@ def test_amp_training_step_keeps_losses_in_float32():
     assert all(value.dtype == torch.float32 for value in terms.values())
     total.backward()
     assert model.blocks[2].conv_out.lin_rel.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.slow
+def test_compiled_model_matches_eager_and_keeps_batch_equivalence():
+    """``train.compile``: same meshes and gradients as eager (float32 rounding), and a graph's
+    mesh does not depend on the rest of its batch."""
+    torch.manual_seed(0)
+    config = ModelConfig(encoder_width=0.25, hidden=32, num_residual=2)
+    eager = Pixel2Mesh(config)
+    compiled = Pixel2Mesh(config)
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile_submodules()
+    images = torch.rand(3, 3, 224, 224)
+    intrinsics = torch.stack([three_cameras(torch.float32)[i] for i in range(3)])
+
+    def loss_and_grads(model):
+        out = model(images, intrinsics, reconstruct_image=True)
+        loss = sum(mesh.pos.square().mean() for mesh in out.meshes) + out.image_logits.sigmoid().mean()
+        return out, torch.autograd.grad(loss, list(model.parameters()))
+
+    reference, reference_grads = loss_and_grads(eager)
+    result, grads = loss_and_grads(compiled)
+    for level in range(3):
+        torch.testing.assert_close(result.meshes[level].pos, reference.meshes[level].pos, rtol=1e-5, atol=1e-5)
+    for got, expected in zip(grads, reference_grads):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        alone = compiled(images[1:2], intrinsics[1:2]).meshes[2].pos
+    torch.testing.assert_close(alone, reference.meshes[2].pos[reference.meshes[2].batch == 1], rtol=1e-5, atol=1e-5)
+    assert compiled.state_dict().keys() == eager.state_dict().keys()

@@ -97,6 +97,21 @@ class Pixel2Mesh(nn.Module):
         )
         self.image_decoder = ImageDecoder(self.encoder.channels) if config.image_branch else None
         self._topology_cache: Dict[Tuple, Tuple[Batch, EdgeIndex]] = {}
+        self.compiled = False
+
+    def compile_submodules(self, **compile_kwargs) -> "Pixel2Mesh":
+        """``torch.compile`` the encoder, the image decoder and each deformation block, in
+        place (``state_dict`` keys unchanged). The graph convolutions then aggregate over the
+        plain ``edge_index`` (scatter), since ``EdgeIndex``'s cached sparse tensors do not
+        trace. Glue between blocks (projection, unpooling, ``Batch`` bookkeeping) stays eager.
+        Returns ``self``."""
+        self.encoder.compile(**compile_kwargs)
+        for block in self.blocks:
+            block.compile(**compile_kwargs)
+        if self.image_decoder is not None:
+            self.image_decoder.compile(**compile_kwargs)
+        self.compiled = True
+        return self
 
     def template(self, level: int) -> Data:
         """The undeformed ellipsoid of ``level`` (0, 1, 2) as a single-graph ``Data``."""
@@ -127,6 +142,15 @@ class Pixel2Mesh(nn.Module):
             self._topology_cache[key] = cached
         return cached
 
+    def image_memory_format(self) -> torch.memory_format:
+        """``torch.channels_last`` after ``model.to(memory_format=torch.channels_last)`` (the
+        encoder's convolutions then run NHWC: ~10-30% faster on CPU with oneDNN, and the
+        layout GPU tensor cores want), else ``torch.contiguous_format``. :meth:`forward`
+        converts input images to it."""
+        weight = next(p for p in self.encoder.parameters() if p.dim() == 4)
+        channels_last = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+        return torch.channels_last if channels_last else torch.contiguous_format
+
     def _apply(self, fn, *args, **kwargs):
         self._topology_cache = {}
         return super()._apply(fn, *args, **kwargs)
@@ -142,11 +166,12 @@ class Pixel2Mesh(nn.Module):
                 f"intrinsics: expected [{batch_size},3,3] (one camera per image), got {list(intrinsics.shape)}"
             )
         with record_function("p2m.encoder"):
-            feature_maps = self.encoder(images)
+            feature_maps = self.encoder(images.contiguous(memory_format=self.image_memory_format()))
         intrinsics = intrinsics.to(feature_maps[0].dtype)
 
-        # torch's CSR kernels have no bfloat16 path: under autocast aggregate by scatter instead
-        use_csr = not torch.is_autocast_enabled(images.device.type)
+        # torch's CSR kernels have no bfloat16 path and do not trace: under autocast or
+        # torch.compile aggregate by scatter over the plain edge_index instead
+        use_csr = not (torch.is_autocast_enabled(images.device.type) or self.compiled)
         meshes, pos_before = [], []
         topology, conv_index = self._batched(0, batch_size)
         pos, hidden = topology.pos, None
@@ -160,7 +185,9 @@ class Pixel2Mesh(nn.Module):
                 topology, conv_index = self._batched(level, batch_size)
                 pos, hidden = carried[:, :3], carried[:, 3:]
             with record_function("p2m.projection"):
-                features = self.projection(pos, topology.batch, intrinsics, feature_maps)
+                features = self.projection(
+                    pos, topology.batch, intrinsics, feature_maps, nodes_per_graph=pos.size(0) // batch_size
+                )
             if hidden is not None:
                 features = torch.cat([features, hidden], dim=-1)
             with record_function("p2m.gresnet"):
