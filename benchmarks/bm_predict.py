@@ -1,7 +1,9 @@
 """Inference: single-image latency (model alone and the whole ``p2m-geo predict`` process)
 and batched meshes/s.
 
-Usage: python benchmarks/bm_predict.py [--preset full|cpu-quick] [--quick] [--write]
+Usage: python benchmarks/bm_predict.py [--preset full|cpu-quick] [--quick] [--amp] [--compile]
+       [--no-channels-last] [--batch N] [--write]
+On a GPU: python benchmarks/bm_predict.py --device cuda --amp --compile --batch 128 --write
 """
 from __future__ import annotations
 
@@ -34,6 +36,9 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=32, help="batch size for meshes/s")
     parser.add_argument("--quick", action="store_true", help="fewer repeats, B = 8 (< 1 min)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the encoder and deformation blocks")
+    parser.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="NCHW encoder")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -41,13 +46,21 @@ def main(argv=None) -> None:
     batch = 8 if args.quick else args.batch
     device = torch.device(args.device)
     config = from_dict(Config, preset_dict(args.preset))
-    model = Pixel2Mesh(config.model).to(device).eval()
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = Pixel2Mesh(config.model).to(device, memory_format=memory_format).eval()
+    if args.compile:
+        model.compile_submodules()
 
     images = torch.rand(batch, 3, 224, 224, device=device)
     intrinsics = default_intrinsics(batch, device=device)
-    with torch.no_grad():
-        single_ms, single_iqr = time_call(lambda: model(images[:1], intrinsics[:1]), device, repeats)
-        batch_ms, _ = time_call(lambda: model(images, intrinsics), device, max(2, repeats // 2))
+
+    def run(count: int):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+            return model(images[:count], intrinsics[:count])
+
+    with torch.inference_mode():
+        single_ms, single_iqr = time_call(lambda: run(1), device, repeats, warmup=3)
+        batch_ms, _ = time_call(lambda: run(batch), device, max(2, repeats // 2), warmup=3)
     log.info("model alone: %.1f ms/image, %.1f meshes/s at B=%d", single_ms, batch * 1000 / batch_ms, batch)
 
     process = []
@@ -62,14 +75,17 @@ def main(argv=None) -> None:
             process.append(time.perf_counter() - start)
     process_s = statistics.median(process)
     log.info("whole predict process: %.2f s", process_s)
+    mode = ", ".join(name for name, on in (("bf16 autocast", args.amp), ("torch.compile", args.compile),
+                                           ("channels-last", args.channels_last)) if on) or "fp32"
     body = (
-        f"Machine: {machine_description(device)}\n\nPreset `{args.preset}` (random weights), fp32.\n\n"
+        f"Machine: {machine_description(device)}\n\nPreset `{args.preset}` (random weights), {mode}; the predict "
+        f"process runs the CLI defaults (fp32, channels-last, eager).\n\n"
         "| measure | value |\n|---|---|\n"
         f"| model alone, one image (median, IQR) | {single_ms:.1f} ms ({single_iqr:.1f}) |\n"
         f"| model alone, batch of {batch} | {batch * 1000 / batch_ms:.1f} meshes/s |\n"
         f"| whole `p2m-geo predict` process, one image (import, checkpoint load, PLY write; median of {len(process)}) | {process_s:.2f} s |\n"
     )
-    report(f"Inference ({args.preset}, {device.type})", body, args.write)
+    report(f"Inference ({args.preset}, {mode}, {device.type})", body, args.write)
 
 
 if __name__ == "__main__":

@@ -23,21 +23,6 @@ def newest_best_checkpoint(runs: Path = Path("runs")) -> Path:
     return candidates[-1]
 
 
-def write_mesh(path: Path, vertices, faces) -> None:
-    """Write through open3d with vertex normals, atomically (format from the extension)."""
-    import numpy as np
-    import open3d as o3d
-
-    from p2m_geo.io_utils import atomic_path
-
-    mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(np.asarray(vertices, dtype=np.float64)),
-                                     o3d.utility.Vector3iVector(np.asarray(faces, dtype=np.int32)))
-    mesh.compute_vertex_normals()
-    with atomic_path(path) as tmp:
-        if not o3d.io.write_triangle_mesh(str(tmp), mesh, write_vertex_normals=True):
-            raise OSError(f"{path}: open3d could not write the mesh")
-
-
 def output_paths(images: List[Path], out: Path) -> List[Path]:
     if len(images) == 1 and out.suffix.lower() in MESH_FORMATS:
         if not out.parent.is_dir():
@@ -73,6 +58,7 @@ def predict(images, out, checkpoint, all_levels, preview, device) -> None:
     from p2m_geo.data.images import load_image
     from p2m_geo.engine import resolve_device
     from p2m_geo.mesh import graph_mesh
+    from p2m_geo.mesh_io import write_mesh
 
     images = list(images)
     targets = output_paths(images, out)
