@@ -83,9 +83,9 @@ class Problem:
             neighbours = self.edge_index_csr if impl == "edgeindex" else b.edge_index
             try:
                 value = losses.laplacian_loss(self.before, pos, neighbours, b.batch, self.num_graphs)
-                if terms == "all":
-                    value = value + losses.edge_length_loss(pos, b.edge_index, b.batch, self.num_graphs)
-                    value = value + losses.normal_loss(pos, b.edge_index, b.batch, self.normals, self.num_graphs)
+                if terms == "all":  # as P2MLoss computes them: one gather of the edge vectors
+                    edge, normal = losses.edge_and_normal_losses(pos, b.edge_index, b.batch, self.normals, self.num_graphs)
+                    value = value + edge + normal
                 return value
             finally:
                 scatter_backend.set_scatter_backend("index_add")

@@ -21,6 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_description, time_call, report  # noqa: E402
 
+from p2m_geo.allocator import keep_freed_cpu_memory  # noqa: E402
 from p2m_geo.camera import default_intrinsics  # noqa: E402
 from p2m_geo.checkpoint import save_checkpoint  # noqa: E402
 from p2m_geo.config import Config, from_dict, preset_dict, to_dict  # noqa: E402
@@ -45,6 +46,8 @@ def main(argv=None) -> None:
     repeats = 3 if args.quick else 10
     batch = 8 if args.quick else args.batch
     device = torch.device(args.device)
+    if device.type == "cpu":
+        keep_freed_cpu_memory()  # as p2m-geo train and eval do
     config = from_dict(Config, preset_dict(args.preset))
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = Pixel2Mesh(config.model).to(device, memory_format=memory_format).eval()

@@ -27,6 +27,7 @@ from torch_geometric.data import Batch, Data
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_description, synchronize, report  # noqa: E402
 
+from p2m_geo.allocator import keep_freed_cpu_memory  # noqa: E402
 from p2m_geo.camera import default_intrinsics  # noqa: E402
 from p2m_geo.config import Config, from_dict, preset_dict  # noqa: E402
 from p2m_geo.losses import P2MLoss  # noqa: E402
@@ -183,6 +184,8 @@ def main(argv=None) -> None:
     if args.quick:
         args.preset, args.batch_sizes, args.steps = "cpu-quick", [1, 8], 3
     device = torch.device(args.device)
+    if device.type == "cpu":
+        keep_freed_cpu_memory()  # as p2m-geo train and eval do
     config = from_dict(Config, preset_dict(args.preset))
     peak = matmul_peak_gflops(device)
     memory = "peak allocated GB" if device.type == "cuda" else "max RSS GB (process)"

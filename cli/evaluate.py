@@ -37,6 +37,10 @@ def evaluate_command(checkpoint, data_root, file_list, protocol, batch_size, wor
     from p2m_geo.io_utils import atomic_write_bytes
 
     torch_device = resolve_device(device)
+    if torch_device.type == "cpu":
+        from p2m_geo.allocator import keep_freed_cpu_memory
+
+        keep_freed_cpu_memory()
     model = model_from_checkpoint(load_checkpoint(checkpoint), str(checkpoint)).to(torch_device, memory_format=torch.channels_last)
     dataset = ShapeNetP2M(data_root, resolve_list(Path(data_root), file_list), on_bad_sample=on_bad_sample)
     loader = make_loader(dataset, batch_size, False, workers, 0, 0, DistributedContext(), torch_device.type == "cuda")

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler, Subset
 from tqdm import tqdm
 
+from p2m_geo.allocator import keep_freed_cpu_memory
 from p2m_geo.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from p2m_geo.config import Config, to_dict
 from p2m_geo.data.shapenet import ShapeNetP2M, collate_samples
@@ -356,6 +357,8 @@ def run_training(config: Config, run_dir: Path, resume: bool = False, quiet: boo
     if device.type == "cuda" and ctx.enabled:
         device = torch.device("cuda", ctx.local_rank)
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
+    if device.type == "cpu":
+        keep_freed_cpu_memory()  # no page faults on every step's large activations
     seed_everything(config.train.seed)
 
     root = ensure_dataset(config, ctx, quiet=quiet)
