@@ -37,16 +37,20 @@ log = logging.getLogger("bm_train")
 PARTS = ("p2m.encoder", "p2m.projection", "p2m.gresnet", "p2m.unpooling", "p2m.losses", "p2m.backward", "p2m.optimizer")
 
 
-def matmul_peak_gflops(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
+def matmul_peak_gflops(device: torch.device, size: int = 2048, repeats: int = 10, trials: int = 5) -> float:
+    """Best of ``trials`` timings of ``repeats`` fp32 ``size``-square matrix products."""
     a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     for _ in range(3):
         a @ b
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    synchronize(device)
-    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+    best = 0.0
+    for _ in range(trials):
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        synchronize(device)
+        best = max(best, 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9)
+    return best
 
 
 def synthetic_batch(batch_size: int, device: torch.device, gt_points: int = 9000):
@@ -177,6 +181,8 @@ def main(argv=None) -> None:
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast for the network (MFU still vs fp32 peak)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder and deformation blocks")
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="NCHW encoder")
+    parser.add_argument("--no-retain-memory", dest="retain_memory", action="store_false",
+                        help="CPU: glibc's default allocator behaviour (train.cpu_retain_memory: false)")
     parser.add_argument("--workers", type=int, default=2, help="loader workers for the data-loading measurement")
     parser.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
@@ -184,8 +190,8 @@ def main(argv=None) -> None:
     if args.quick:
         args.preset, args.batch_sizes, args.steps = "cpu-quick", [1, 8], 3
     device = torch.device(args.device)
-    if device.type == "cpu":
-        keep_freed_cpu_memory()  # as p2m-geo train and eval do
+    if device.type == "cpu" and args.retain_memory:
+        keep_freed_cpu_memory()  # as p2m-geo train does by default (train.cpu_retain_memory)
     config = from_dict(Config, preset_dict(args.preset))
     peak = matmul_peak_gflops(device)
     memory = "peak allocated GB" if device.type == "cuda" else "max RSS GB (process)"
@@ -207,7 +213,9 @@ def main(argv=None) -> None:
     best = max(results, key=lambda r: r["samples_per_s"])
     loading = data_loading_rate(config, best["batch"], args.workers, device)
     mode = ", ".join(name for name, on in (("bf16 autocast", args.amp), ("torch.compile", args.compile),
-                                           ("channels-last", args.channels_last)) if on) or "fp32"
+                                           ("channels-last", args.channels_last),
+                                           ("default allocator", device.type == "cpu" and not args.retain_memory))
+                     if on) or "fp32"
     compile_note = f" Compilation took {max(r['compile_seconds'] for r in results):.0f} s (excluded)." if args.compile else ""
     body = (
         f"Machine: {machine_description(device)}\n\nPreset `{args.preset}`, {mode}, synthetic inputs (9000 GT points per "

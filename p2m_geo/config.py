@@ -87,6 +87,7 @@ class TrainConfig:
     amp: bool = False  #: bfloat16 autocast for the network's forward (losses stay float32)
     channels_last: bool = True  #: NHWC encoder convolutions (faster with oneDNN on CPU and on GPUs)
     compile: bool = False  #: torch.compile the encoder and deformation blocks (for GPUs; no gain on CPU)
+    cpu_retain_memory: bool = True  #: CPU: keep freed memory in the process (faster; higher peak RSS)
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):

@@ -357,7 +357,7 @@ def run_training(config: Config, run_dir: Path, resume: bool = False, quiet: boo
     if device.type == "cuda" and ctx.enabled:
         device = torch.device("cuda", ctx.local_rank)
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
-    if device.type == "cpu":
+    if device.type == "cpu" and config.train.cpu_retain_memory:
         keep_freed_cpu_memory()  # no page faults on every step's large activations
     seed_everything(config.train.seed)
 
