@@ -30,6 +30,7 @@ from common import machine_description, synchronize, report  # noqa: E402
 from p2m_geo.allocator import keep_freed_cpu_memory  # noqa: E402
 from p2m_geo.camera import default_intrinsics  # noqa: E402
 from p2m_geo.config import Config, from_dict, preset_dict  # noqa: E402
+from p2m_geo.engine import build_optimizer  # noqa: E402
 from p2m_geo.losses import P2MLoss  # noqa: E402
 from p2m_geo.models import Pixel2Mesh  # noqa: E402
 
@@ -103,7 +104,7 @@ def measure(config: Config, batch_size: int, device: torch.device, steps: int, p
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = Pixel2Mesh(config.model).to(device, memory_format=memory_format).train()
     loss_fn = P2MLoss(config.loss)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+    optimizer = build_optimizer(model, config.train)  # what p2m-geo train uses
     images, intrinsics, target = synthetic_batch(batch_size, device)
     step = lambda: train_step(model, loss_fn, optimizer, images, intrinsics, target, amp)  # noqa: E731
     step()

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from p2m_geo.allocator import keep_freed_cpu_memory
 from p2m_geo.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from p2m_geo.config import Config, to_dict
+from p2m_geo.config import Config, TrainConfig, to_dict
 from p2m_geo.data.shapenet import ShapeNetP2M, collate_samples
 from p2m_geo.io_utils import atomic_path, atomic_write_bytes
 from p2m_geo.losses import P2MLoss
@@ -32,7 +32,7 @@ from p2m_geo.models import Pixel2Mesh
 
 __all__ = [
     "resolve_device", "seed_everything", "default_data_root", "ensure_dataset", "make_loader",
-    "train_one_epoch", "evaluate", "format_table", "run_training", "TrainingResult", "TrainingStopped",
+    "build_optimizer", "train_one_epoch", "evaluate", "format_table", "run_training", "TrainingResult", "TrainingStopped",
     "init_distributed", "DistributedContext",
 ]
 
@@ -171,6 +171,13 @@ class ModelWithLoss(nn.Module):
         if self.amp:  # losses (nearest neighbours, small squared distances) in float32
             output = output.float()
         return self.loss_fn(output, batch.target, batch.images if use_image_branch else None)
+
+
+def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Adam:
+    """Adam with the configured learning rate and weight decay, as one fused kernel over all
+    parameters (``fused=True``: fewer passes over the 17.8 M parameters than the
+    per-parameter loop, on CPU and GPU alike)."""
+    return torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay, fused=True)
 
 
 @dataclass
@@ -370,7 +377,7 @@ def run_training(config: Config, run_dir: Path, resume: bool = False, quiet: boo
     memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
     model = Pixel2Mesh(config.model).to(device, memory_format=memory_format)
     loss_fn = P2MLoss(config.loss)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
+    optimizer = build_optimizer(model, config.train)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.train.lr_milestones), config.train.lr_gamma)
     state, history, best = TrainState(), [], -math.inf
     if resume:
