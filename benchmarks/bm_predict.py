@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_description, time_call, report  # noqa: E402
+from common import machine_description, mode_label, report, time_call  # noqa: E402
 
 from p2m_geo.allocator import keep_freed_cpu_memory  # noqa: E402
 from p2m_geo.camera import default_intrinsics  # noqa: E402
@@ -78,8 +78,7 @@ def main(argv=None) -> None:
             process.append(time.perf_counter() - start)
     process_s = statistics.median(process)
     log.info("whole predict process: %.2f s", process_s)
-    mode = ", ".join(name for name, on in (("bf16 autocast", args.amp), ("torch.compile", args.compile),
-                                           ("channels-last", args.channels_last)) if on) or "fp32"
+    mode = mode_label([("bf16 autocast", args.amp), ("torch.compile", args.compile), ("channels-last", args.channels_last)])
     body = (
         f"Machine: {machine_description(device)}\n\nPreset `{args.preset}` (random weights), {mode}; the predict "
         f"process runs the CLI defaults (fp32, channels-last, eager).\n\n"

@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torch_geometric.data import Batch, Data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_description, synchronize, report  # noqa: E402
+from common import machine_description, mode_label, report, synchronize  # noqa: E402
 
 from p2m_geo.allocator import keep_freed_cpu_memory  # noqa: E402
 from p2m_geo.camera import default_intrinsics  # noqa: E402
@@ -213,10 +213,8 @@ def main(argv=None) -> None:
         log.info(rows[-1])
     best = max(results, key=lambda r: r["samples_per_s"])
     loading = data_loading_rate(config, best["batch"], args.workers, device)
-    mode = ", ".join(name for name, on in (("bf16 autocast", args.amp), ("torch.compile", args.compile),
-                                           ("channels-last", args.channels_last),
-                                           ("default allocator", device.type == "cpu" and not args.retain_memory))
-                     if on) or "fp32"
+    mode = mode_label([("bf16 autocast", args.amp), ("torch.compile", args.compile), ("channels-last", args.channels_last),
+                       ("default allocator", device.type == "cpu" and not args.retain_memory)])
     compile_note = f" Compilation took {max(r['compile_seconds'] for r in results):.0f} s (excluded)." if args.compile else ""
     body = (
         f"Machine: {machine_description(device)}\n\nPreset `{args.preset}`, {mode}, synthetic inputs (9000 GT points per "

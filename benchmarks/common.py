@@ -9,7 +9,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, List, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import torch
 
@@ -27,6 +27,11 @@ def machine_description(device: torch.device) -> str:
         f"{hardware}; Python {platform.python_version()}, torch {torch.__version__}, "
         f"torch_geometric {torch_geometric.__version__}; {datetime.date.today().isoformat()}"
     )
+
+
+def mode_label(flags: Sequence[Tuple[str, bool]]) -> str:
+    """``"bf16 autocast, channels-last"`` from ``[(name, on), ...]``; ``"fp32"`` when none is on."""
+    return ", ".join(name for name, on in flags if on) or "fp32"
 
 
 def synchronize(device: torch.device) -> None:
