@@ -220,9 +220,10 @@ def test_forward_shapes_and_topology():
     torch.testing.assert_close(out.pos_before[0], model.pos_0.repeat(2, 1))
 
 
-def run_batch_equivalence(device: torch.device) -> None:
+def run_batch_equivalence(device: torch.device, memory_format=torch.contiguous_format) -> None:
     torch.manual_seed(0)
-    model = Pixel2Mesh(ModelConfig()).to(device).eval()
+    model = Pixel2Mesh(ModelConfig()).to(device, memory_format=memory_format).eval()
+    assert model.image_memory_format() == memory_format
     images = torch.rand(4, 3, 224, 224, device=device)
     intrinsics = torch.stack([three_cameras(torch.float32)[i % 3] for i in range(4)]).to(device)
     intrinsics[3, 0, 0] = 220.0
@@ -239,15 +240,16 @@ def run_batch_equivalence(device: torch.device) -> None:
     assert not torch.allclose(together.meshes[2].pos[together.meshes[2].batch == 0], together.meshes[2].pos[together.meshes[2].batch == 3])
 
 
-def test_batch_equivalence_cpu():
-    run_batch_equivalence(torch.device("cpu"))
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels-last"])
+def test_batch_equivalence_cpu(memory_format):
+    run_batch_equivalence(torch.device("cpu"), memory_format)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU here")
 def test_batch_equivalence_cuda():
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
-    run_batch_equivalence(torch.device("cuda"))
+    run_batch_equivalence(torch.device("cuda"), torch.channels_last)
 
 
 @pytest.mark.slow
@@ -404,3 +406,15 @@ def test_fused_graph_conv_gradcheck_and_saves_less_for_backward():
 
     fused, reference = FusedGraphConv(64, 64, aggr="mean"), GraphConv(64, 64, aggr="mean")
     assert saved_elements(fused) < saved_elements(reference) - 500 * 64 // 2  # the [500, 64] aggregate is gone
+
+
+def test_channels_last_model_matches_contiguous_model():
+    torch.manual_seed(0)
+    model = Pixel2Mesh(SMALL).eval()
+    images, intrinsics = torch.rand(2, 3, 224, 224), default_intrinsics(2)
+    with torch.no_grad():
+        reference = model(images, intrinsics).meshes[2].pos
+        model.to(memory_format=torch.channels_last)
+        assert model.image_memory_format() == torch.channels_last
+        result = model(images, intrinsics).meshes[2].pos
+    torch.testing.assert_close(result, reference, rtol=1e-5, atol=1e-5)
