@@ -70,3 +70,29 @@ def contact_sheet_command(root: Path, out: Path, file_list: str, columns: int) -
     from p2m_geo.data.synth import contact_sheet
 
     log.info("contact sheet: %s", contact_sheet(root, out, columns=columns, file_list=file_list))
+
+
+@data.command("mesh-quality")
+@click.argument("meshes", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@friendly_errors
+def mesh_quality_command(meshes) -> None:
+    """Print % self-intersecting faces and roughness (mean dihedral angle) of mesh files."""
+    import numpy as np
+    import open3d as o3d
+    import torch
+
+    from p2m_geo.mesh_quality import dihedral_roughness, face_adjacency, self_intersecting_fraction
+
+    click.echo("| mesh | vertices | faces | self-intersecting faces % | roughness ° |\n|---|---|---|---|---|")
+    fractions = []
+    for path in meshes:
+        mesh = o3d.io.read_triangle_mesh(str(path))
+        vertices, faces = np.asarray(mesh.vertices), np.asarray(mesh.triangles)
+        if len(faces) == 0:
+            raise click.BadParameter(f"expected a triangle mesh, got no faces in {path}", param_hint="MESHES")
+        face = torch.from_numpy(faces).t().long()
+        roughness = dihedral_roughness(torch.from_numpy(vertices), face, face_adjacency(face),
+                                       torch.zeros(face.size(1), dtype=torch.long), 1).item()
+        fractions.append(100 * self_intersecting_fraction(vertices, faces))
+        click.echo(f"| {path.name} | {len(vertices)} | {len(faces)} | {fractions[-1]:.2f} | {roughness:.1f} |")
+    click.echo(f"| **mean** | | | {np.mean(fractions):.2f} | |")

@@ -17,23 +17,32 @@ log = logging.getLogger("p2m_geo.cli.eval")
 @click.option("--data", "data_root", type=click.Path(path_type=Path), required=True, help="ShapeNetP2M-layout folder.")
 @click.option("--list", "file_list", default="test_list.txt", show_default=True, help="File list, relative to --data.")
 @click.option("--protocol", type=click.Choice(["p2m", "meshrcnn"]), default="p2m", show_default=True,
-              help="p2m: predicted vertices vs GT points; meshrcnn: 10k points sampled on the predicted surface.")
+              help="p2m: predicted vertices vs GT points, squared distances, tau = 1e-4; meshrcnn: Mesh R-CNN's "
+                   "compare_meshes (GT longest box edge scaled to 10, 10k surface samples, Chamfer-L2, normal "
+                   "consistency, F1 at 0.1/0.3/0.5).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--max-samples", type=click.IntRange(min=0), default=0, help="Evaluate at most this many views.")
-@click.option("--baseline/--no-baseline", default=True, show_default=True, help="Also evaluate the undeformed ellipsoid.")
+@click.option("--baseline/--no-baseline", default=True, show_default=True,
+              help="Also evaluate the image-blind baselines: the model fed a blank white image, and the ellipsoid.")
+@click.option("--smooth", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Taubin-smooth each predicted mesh with N iterations first (as predict --smooth).")
+@click.option("--quality/--no-quality", default=True, show_default=True,
+              help="Mesh quality: normal consistency, %% self-intersecting faces (open3d), roughness.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the numbers as JSON.")
 @click.option("--on-bad-sample", type=click.Choice(["fail", "skip"]), default="fail", show_default=True)
 @friendly_errors
 def evaluate_command(checkpoint, data_root, file_list, protocol, batch_size, workers, device, max_samples, baseline,
-                     json_path, on_bad_sample) -> None:
-    """Per-category Chamfer distance (x1000) and F-scores at tau = 1e-4 and 2 tau (%)."""
+                     smooth, quality, json_path, on_bad_sample) -> None:
+    """Per-category metrics of the model beside its image-blind baselines (blank image, ellipsoid),
+    and its image sensitivity (mean pairwise CD between its predictions for different views)."""
     import torch
 
     from p2m_geo.checkpoint import load_checkpoint, model_from_checkpoint
     from p2m_geo.data import ShapeNetP2M
-    from p2m_geo.engine import DistributedContext, evaluate, format_table, make_loader, resolve_device, resolve_list
+    from p2m_geo.engine import DistributedContext, make_loader, resolve_device, resolve_list
+    from p2m_geo.evaluation import BASELINES, evaluate, format_table
     from p2m_geo.io_utils import atomic_write_bytes
 
     torch_device = resolve_device(device)
@@ -44,10 +53,16 @@ def evaluate_command(checkpoint, data_root, file_list, protocol, batch_size, wor
     model = model_from_checkpoint(load_checkpoint(checkpoint), str(checkpoint)).to(torch_device, memory_format=torch.channels_last)
     dataset = ShapeNetP2M(data_root, resolve_list(Path(data_root), file_list), on_bad_sample=on_bad_sample)
     loader = make_loader(dataset, batch_size, False, workers, 0, 0, DistributedContext(), torch_device.type == "cuda")
-    results = evaluate(model, loader, torch_device, protocol, baseline=model if baseline else None,
-                       max_samples=max_samples, quiet=False)
-    click.echo(f"protocol {protocol}, {results['model']['mean']['count']} views, CD x1000, F-score in %")
+    results = evaluate(model, loader, torch_device, protocol, baselines=BASELINES if baseline else (),
+                       max_samples=max_samples, quiet=False, quality="all" if quality else "none", smooth=smooth)
+    units = ("CD x1000, F-scores in %, NC = normal consistency, roughness = mean dihedral angle" if protocol == "p2m"
+             else "Chamfer-L2 and F1 (%) at GT longest edge 10, NC = absolute normal consistency")
+    click.echo(f"protocol {protocol}, {results.tables['model']['mean']['count']} views, {units}; "
+               f"columns: model, then {', '.join(m for m in results.tables if m != 'model') or 'no baseline'}")
     click.echo(format_table(results))
+    if results.image_sensitivity is not None:
+        click.echo(f"image sensitivity (mean pairwise CD x1000 between predictions for different views; "
+                   f"0 = the model ignores its input): {results.image_sensitivity:.3f}")
     if json_path is not None:
-        atomic_write_bytes(json_path, json.dumps({"protocol": protocol, "checkpoint": str(checkpoint), **results},
+        atomic_write_bytes(json_path, json.dumps({"checkpoint": str(checkpoint), **results.to_dict()},
                                                  indent=2).encode())

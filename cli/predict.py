@@ -32,11 +32,40 @@ def output_paths(images: List[Path], out: Path) -> List[Path]:
         raise click.BadParameter(f"expected a folder for {len(images)} images, got a file name {out}", param_hint="-o")
     if out.suffix:
         raise click.BadParameter(f"expected a {'/'.join(MESH_FORMATS)} file, got {out.suffix!r}", param_hint="-o")
-    out.mkdir(parents=True, exist_ok=True)
     names = [p.stem for p in images]
     if len(set(names)) != len(names):
         raise click.BadParameter("expected images with distinct file names, got duplicates", param_hint="IMAGES")
     return [out / f"{p.stem}.ply" for p in images]
+
+
+def level_path(target: Path, level: int) -> Path:
+    """Where ``--all-levels`` writes mesh level ``level`` (0, 1, 2) of ``target``."""
+    return target if level == 2 else target.with_name(f"{target.stem}_level{level + 1}{target.suffix}")
+
+
+def check_outputs(images: List[Path], targets: List[Path], all_levels: bool, preview) -> List[Path]:
+    """Every path this run will write, refused before any work when two collide, when one is an
+    input, or when the preview is not a new .png beside the meshes."""
+    written = [level_path(t, level) for t in targets for level in (range(3) if all_levels else [2])]
+    resolved = [p.resolve() for p in written]
+    if len(set(resolved)) != len(resolved):
+        duplicate = next(p for p in written if resolved.count(p.resolve()) > 1)
+        raise click.BadParameter(f"expected distinct output files, got {duplicate} twice (rename an image)",
+                                 param_hint="-o")
+    inputs = {p.resolve() for p in images}
+    clobbered = [p for p in written if p.resolve() in inputs]
+    if clobbered:
+        raise click.BadParameter(f"expected outputs that are not inputs, got {clobbered[0]}", param_hint="-o")
+    if preview is not None:
+        if preview.suffix.lower() != ".png":
+            raise click.BadParameter(f"expected a .png file, got {preview}", param_hint="--preview")
+        if preview.resolve() in inputs or preview.resolve() in set(resolved):
+            raise click.BadParameter(f"expected a new file, got {preview}, which is an input or an output of this "
+                                     "command", param_hint="--preview")
+        if not preview.parent.is_dir():
+            raise click.BadParameter(f"expected an existing folder for {preview}, got no such folder: "
+                                     f"{preview.parent}", param_hint="--preview")
+    return written
 
 
 @click.command()
@@ -47,9 +76,11 @@ def output_paths(images: List[Path], out: Path) -> List[Path]:
               help="Checkpoint [default: the newest runs/*/best.pt].")
 @click.option("--all-levels", is_flag=True, help="Also write the 156- and 618-vertex meshes (_level1, _level2).")
 @click.option("--preview", type=click.Path(dir_okay=False, path_type=Path), help="PNG: input beside the rendered mesh.")
+@click.option("--smooth", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Taubin smoothing iterations on each written mesh (open3d filter_smooth_taubin; 0: off).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @friendly_errors
-def predict(images, out, checkpoint, all_levels, preview, device) -> None:
+def predict(images, out, checkpoint, all_levels, preview, smooth, device) -> None:
     """Reconstruct a mesh from each image (PNG/JPEG, RGB or RGBA; centre-cropped and resized to 224)."""
     import torch
 
@@ -62,6 +93,7 @@ def predict(images, out, checkpoint, all_levels, preview, device) -> None:
 
     images = list(images)
     targets = output_paths(images, out)
+    check_outputs(images, targets, all_levels, preview)
     pixels = torch.stack([load_image(p) for p in images])  # fails before any output is written
     checkpoint = checkpoint or newest_best_checkpoint()
     torch_device = resolve_device(device)
@@ -69,13 +101,23 @@ def predict(images, out, checkpoint, all_levels, preview, device) -> None:
     model = model.to(torch_device, memory_format=torch.channels_last).eval()
     with torch.no_grad():
         output = model(pixels.to(torch_device), default_intrinsics(len(images), device=torch_device))
+    for level, mesh in enumerate(output.meshes):
+        if not bool(torch.isfinite(mesh.pos).all()):
+            raise click.ClickException(f"prediction: expected finite vertices, got NaN/Inf at level {level + 1} "
+                                       f"from {checkpoint}; nothing was written")
+    if targets[0] != out:  # folder mode: create the folder only now that the work is done
+        out.mkdir(parents=True, exist_ok=True)
     preview_rows = []
     for index, target in enumerate(targets):
         levels = range(3) if all_levels else [2]
         for level in levels:
             vertices, faces = graph_mesh(output.meshes[level], index)
             vertices, faces = vertices.cpu().double().numpy(), faces.cpu().numpy()
-            path = target if level == 2 else target.with_name(f"{target.stem}_level{level + 1}{target.suffix}")
+            if smooth:
+                from p2m_geo.mesh_quality import taubin_smooth
+
+                vertices = taubin_smooth(vertices, faces, smooth)
+            path = level_path(target, level)
             write_mesh(path, vertices, faces)
             log.info("wrote %s (%d vertices, %d faces)", path, len(vertices), len(faces))
             if level == 2 and preview is not None:

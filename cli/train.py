@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional
 import click
 
 from p2m_geo.cli.errors import friendly_errors
+from p2m_geo.config import PRESETS
 
 log = logging.getLogger("p2m_geo.cli.train")
 
@@ -44,7 +45,7 @@ def _run_name(preset: str, ctx) -> str:
 
 
 @click.command()
-@click.option("--preset", type=click.Choice(["cpu-quick", "full"]), default=None,
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
               help="Architecture + schedule preset [default: full with a GPU, cpu-quick without].")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="YAML config (sections model/loss/train/data); unknown keys are an error.")

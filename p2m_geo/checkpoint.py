@@ -82,8 +82,13 @@ def model_from_checkpoint(checkpoint: Dict[str, Any], path: str = "checkpoint"):
     """Build :class:`~p2m_geo.Pixel2Mesh` from the checkpoint's config and load weights strictly."""
     from p2m_geo.models import Pixel2Mesh
 
-    model_config = from_dict(ModelConfig, dict(checkpoint["model_config"]), "model_config")
+    values = dict(checkpoint["model_config"])
+    values.setdefault("last_block_tail", False)  # checkpoints from before the option: no tail
+    model_config = from_dict(ModelConfig, values, "model_config")
     model_config.backbone_weights = None  # the checkpoint carries the trained trunk
+    for name, tensor in checkpoint["model"].items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"checkpoint: expected finite weights, got NaN/Inf in {name} of {path}")
     model = Pixel2Mesh(model_config)
     try:
         model.load_state_dict(checkpoint["model"], strict=True)

@@ -7,9 +7,10 @@ default.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Type, TypeVar, get_type_hints
+from typing import Any, Dict, Optional, Type, TypeVar, Union, get_args, get_origin, get_type_hints
 
 __all__ = [
     "ConfigError", "ModelConfig", "LossWeights", "TrainConfig", "DataConfig", "Config", "PRESETS",
@@ -23,6 +24,56 @@ class ConfigError(ValueError):
     """A configuration key or value that does not fit the schema."""
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr`` of user data, cut to ``limit`` characters (never a huge line in an error)."""
+    text = repr(value) if not isinstance(value, (dict, list, tuple)) else f"a {type(value).__name__} of {len(value)}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check(condition: bool, where: str, expected: str, value: Any) -> None:
+    if not condition:
+        raise ConfigError(f"{where}: expected {expected}, got {_short(value)}")
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """``value`` as the dataclass field type ``hint`` (bool, int, float, str, Optional[str],
+    tuple of ints); a number written as a string (YAML reads ``1e-3`` as one) becomes a float."""
+    if get_origin(hint) is Union:  # Optional[X]
+        if value is None:
+            return None
+        hint = next(a for a in get_args(hint) if a is not type(None))
+    if hint is bool:
+        _check(isinstance(value, bool), where, "true or false", value)
+        return value
+    if hint is int:
+        integral = isinstance(value, int) or (isinstance(value, float) and math.isfinite(value) and value.is_integer())
+        _check(integral and not isinstance(value, bool), where, "an integer", value)
+        return int(value)
+    if hint is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {_short(value)}") from None
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), where, "a number", value)
+        return float(value)
+    if hint is str:
+        _check(isinstance(value, str), where, "a string", value)
+        return value
+    if hint is tuple or get_origin(hint) is tuple:
+        _check(isinstance(value, (list, tuple)), where, "a list of integers", value)
+        return tuple(_coerce(item, int, f"{where}[{index}]") for index, item in enumerate(value))
+    return value
+
+
+def _check_ranges(section: str, instance: Any, rules: Dict[str, Any]) -> None:
+    """``rules``: field -> (predicate, what is expected); also refuses NaN/inf floats."""
+    for name, (predicate, expected) in rules.items():
+        value = getattr(instance, name)
+        finite = not isinstance(value, float) or math.isfinite(value)
+        _check(finite and predicate(value), f"{section}.{name}", expected, value)
+
+
 @dataclass
 class ModelConfig:
     """Architecture of :class:`p2m_geo.Pixel2Mesh`. Mesh levels (156/618/2466) are fixed."""
@@ -34,49 +85,81 @@ class ModelConfig:
     num_residual: int = 6  #: residual pairs per block (6 -> 14 graph convolutions per block)
     aggr: str = "mean"  #: GraphConv neighbour aggregation
     image_size: int = 224  #: side of the square input the intrinsics refer to
-    image_branch: bool = True  #: build the 2D U-Net image-reconstruction decoder
+    #: build the 2D U-Net image-reconstruction decoder (off: at equal epochs the meshes were better
+    #: without it, and each step is cheaper; see benchmarks/variants.py and README)
+    image_branch: bool = False
+    last_block_tail: bool = True  #: block 3 ends hidden -> hidden/2 (ReLU) -> 3, as the original (15 convs)
+    offset_bound: float = 0.0  #: > 0: each block's offsets are b * tanh(raw / b), at most b per axis (0: unbounded)
 
     def __post_init__(self) -> None:
         if self.backbone not in ("cnn18", "vgg16", "resnet50"):
             raise ConfigError(
-                f"model.backbone: expected one of cnn18, vgg16, resnet50, got {self.backbone!r}"
+                f"model.backbone: expected one of cnn18, vgg16, resnet50, got {_short(self.backbone)}"
             )
         if self.aggr not in ("mean", "add", "max"):
-            raise ConfigError(f"model.aggr: expected mean, add or max, got {self.aggr!r}")
-        for name in ("hidden", "num_residual"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model.{name}: expected a positive integer, got {getattr(self, name)}")
+            raise ConfigError(f"model.aggr: expected mean, add or max, got {_short(self.aggr)}")
+        _check_ranges("model", self, {
+            "hidden": (lambda v: v >= 2, "an integer >= 2"),
+            "num_residual": (lambda v: v >= 1, "a positive integer"),
+            "encoder_width": (lambda v: 0 < v <= 8, "a number in (0, 8]"),
+            "image_size": (lambda v: v >= 32, "an integer >= 32"),
+            "offset_bound": (lambda v: v >= 0, "a number >= 0"),
+        })
 
 
 @dataclass
 class LossWeights:
-    """Weights of the Pixel2Mesh losses (see :class:`p2m_geo.losses.P2MLoss` for the mapping
-    from the original TensorFlow code)."""
+    """Weights of the Pixel2Mesh losses: the original TensorFlow weights divided by its 3000
+    chamfer scale (see :class:`p2m_geo.losses.P2MLoss` for the whole mapping)."""
 
-    chamfer: float = 1.0  #: weight of the GT -> prediction chamfer side
-    chamfer_pred_to_gt: float = 0.55  #: weight of the prediction -> GT chamfer side
-    normal: float = 1.6e-4
-    edge: float = 0.1
-    laplacian: float = 0.3
-    laplacian_first_block: float = 0.1  #: extra factor on block 1's Laplacian term
-    move: float = 0.1  #: vertex move (blocks 2 and 3 only)
-    image: float = 1.0  #: image-reconstruction branch (BCE + L1)
+    chamfer: float = 1.0  #: GT -> prediction chamfer side (TF: 3000 / 3000)
+    chamfer_pred_to_gt: float = 0.55  #: prediction -> GT chamfer side (TF: 0.55 * 3000 / 3000)
+    normal: float = 0.5 / 3000  #: TF: 0.5 / 3000 = 1.67e-4
+    edge: float = 300 / 3000  #: TF: 300 / 3000 = 0.1
+    laplacian: float = 1500 / 3000  #: TF: 1500 / 3000 = 0.5
+    laplacian_first_block: float = 0.1  #: extra factor on block 1's Laplacian term (TF: 0.1)
+    move: float = 100 / 3000  #: vertex move, blocks 2 and 3 only (TF: 100 / 3000 = 0.033)
+    image: float = 1.0  #: image-reconstruction branch (BCE + L1; not in the TF original)
+    #: adjacent-face normal agreement (PyTorch3D's mesh_normal_consistency; not in the original): the
+    #: measured fix for crumpled, self-intersecting meshes (benchmarks/variants.py, README)
+    face_normal: float = 1e-2
+    regulariser_start: float = 1.0  #: factor on edge + Laplacian in epoch 1, annealed linearly to 1 ...
+    regulariser_anneal_epochs: int = 0  #: ... over this many epochs (0: constant weights)
+
+    def __post_init__(self) -> None:
+        nonnegative = (lambda v: v >= 0, "a number >= 0")
+        _check_ranges("loss", self, {name: nonnegative for name in (
+            "chamfer", "chamfer_pred_to_gt", "normal", "edge", "laplacian", "laplacian_first_block", "move", "image",
+            "face_normal", "regulariser_anneal_epochs")} | {"regulariser_start": (lambda v: v > 0, "a number > 0")})
+
+    def regulariser_factor(self, epoch: int) -> float:
+        """Factor on the edge and Laplacian weights in (0-based) ``epoch``."""
+        if self.regulariser_anneal_epochs <= 0:
+            return 1.0
+        progress = min(1.0, epoch / self.regulariser_anneal_epochs)
+        return self.regulariser_start + (1.0 - self.regulariser_start) * progress
 
 
 @dataclass
 class TrainConfig:
-    """Optimisation schedule. Adam as in the original Pixel2Mesh; the original's coupled L2
-    term ``5e-6 * l2_loss(w)`` is a weight decay of 5e-6. Learning rates are for the
-    given batch size (the original trained at batch 1 with 3e-5; Adam needs roughly
+    """Optimisation schedule. Adam as in the original Pixel2Mesh. The original adds
+    ``5e-6 * l2_loss(w)`` (graph convolutions) and ``0.3 * 1e-5 * l2_loss(w)`` (image
+    convolutions) to a loss whose chamfer term is scaled by 3000; ``l2_loss(w) = |w|^2 / 2``
+    has gradient ``w``, so with chamfer at weight 1 here the equal coupled decays are
+    those coefficients divided by 3000 (on weights only, as there). Learning rates are for
+    the given batch size (the original trained at batch 1 with 3e-5; Adam needs roughly
     sqrt(B) scaling, so 1e-4 at B = 8)."""
 
     epochs: int = 50
     batch_size: int = 8
     lr: float = 1e-4
-    weight_decay: float = 5e-6
+    weight_decay: float = 5e-6 / 3000  #: graph convolutions' weights: TF 5e-6 / 3000 = 1.7e-9
+    encoder_weight_decay: float = 0.3 * 1e-5 / 3000  #: image convolutions' weights: TF 3e-6 / 3000 = 1e-9
+    lr_schedule: str = "step"  #: step (x lr_gamma at lr_milestones) or cosine (to 0 at the last epoch)
     lr_milestones: tuple = (30, 40)  #: epochs at which the learning rate is multiplied by lr_gamma
     lr_gamma: float = 0.3
-    image_branch_epochs: int = 1  #: epochs the image branch trains for (0 disables it)
+    gt_points: int = 0  #: > 0: the loss sees a fresh random subset of this many GT points per sample each step
+    image_branch_epochs: int = 1  #: epochs the image branch trains for, when the model has one (0 disables it)
     workers: int = 2  #: DataLoader worker processes
     seed: int = 0
     device: str = "auto"  #: auto, cpu or cuda
@@ -91,12 +174,21 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
-            raise ConfigError(f"train.device: expected auto, cpu or cuda, got {self.device!r}")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name}: expected a positive integer, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr: expected a positive number, got {self.lr}")
+            raise ConfigError(f"train.device: expected auto, cpu or cuda, got {_short(self.device)}")
+        positive = (lambda v: v >= 1, "a positive integer")
+        nonnegative = (lambda v: v >= 0, "an integer >= 0")
+        _check_ranges("train", self, {
+            "epochs": positive, "batch_size": positive, "max_bad_steps": positive,
+            "lr": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+            "weight_decay": (lambda v: v >= 0, "a number >= 0"),
+            "encoder_weight_decay": (lambda v: v >= 0, "a number >= 0"),
+            "lr_gamma": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+            "lr_milestones": (lambda v: all(m >= 1 for m in v), "epochs >= 1"),
+            "gt_points": nonnegative, "image_branch_epochs": nonnegative, "workers": nonnegative,
+            "max_steps": nonnegative, "preview_samples": nonnegative, "eval_max_samples": nonnegative,
+        })
+        if self.lr_schedule not in ("step", "cosine"):
+            raise ConfigError(f"train.lr_schedule: expected step or cosine, got {_short(self.lr_schedule)}")
 
 
 @dataclass
@@ -112,8 +204,12 @@ class DataConfig:
     on_bad_sample: str = "fail"  #: fail or skip
 
     def __post_init__(self) -> None:
+        _check_ranges("data", self, {
+            "synth_per_class": (lambda v: v >= 2, "an integer >= 2"),
+            "synth_views": (lambda v: 1 <= v <= 24, "an integer from 1 to 24"),
+        })
         if self.on_bad_sample not in ("fail", "skip"):
-            raise ConfigError(f"data.on_bad_sample: expected fail or skip, got {self.on_bad_sample!r}")
+            raise ConfigError(f"data.on_bad_sample: expected fail or skip, got {_short(self.on_bad_sample)}")
 
 
 @dataclass
@@ -126,13 +222,21 @@ class Config:
 
 #: Named presets: the same code, different widths/depths and schedule. Mesh levels never change.
 PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
-    # The original architecture (cnn18, hidden 192, 3 x 14 graph convolutions): ~37 GFLOP per
-    # training sample, ~0.8 samples/s on 2 CPU cores; meant for a GPU.
+    # The original architecture (cnn18, hidden 192, 14/14/15 graph convolutions): ~37 GFLOP per
+    # training sample, ~3.8 samples/s on 2 CPU cores; meant for a GPU.
     "full": {},
-    # Narrow encoder and G-ResNet for a ~15 minute CPU run on 2 cores that clearly learns.
+    # Narrow encoder and G-ResNet for a ~10 minute CPU run on 2 cores; the loss sees 4000 of each
+    # cloud's GT points per step (its nearest-neighbour searches were ~40% of a CPU step).
     "cpu-quick": {
         "model": {"encoder_width": 0.25, "hidden": 64, "num_residual": 2},
-        "train": {"epochs": 8, "batch_size": 8, "lr": 5e-4, "lr_milestones": [6], "workers": 1},
+        "train": {"epochs": 8, "batch_size": 8, "lr": 5e-4, "lr_milestones": [6], "workers": 1, "gt_points": 4000},
+        "data": {"synth_per_class": 24, "synth_views": 4},
+    },
+    # cpu-quick trained 4x longer (about 45 minutes on 2 cores): the README's longer run.
+    "cpu-long": {
+        "model": {"encoder_width": 0.25, "hidden": 64, "num_residual": 2},
+        "train": {"epochs": 32, "batch_size": 8, "lr": 5e-4, "lr_milestones": [22, 28], "workers": 1,
+                  "gt_points": 4000},
         "data": {"synth_per_class": 24, "synth_views": 4},
     },
 }
@@ -158,21 +262,17 @@ def preset_dict(name: str) -> Dict[str, Any]:
 def from_dict(cls: Type[T], values: Dict[str, Any], section: str = "") -> T:
     """Build dataclass ``cls`` from ``values``; unknown keys raise :class:`ConfigError`."""
     if not isinstance(values, dict):
-        raise ConfigError(f"{section or 'config'}: expected a mapping, got {type(values).__name__}")
+        raise ConfigError(f"{section or 'config'}: expected a mapping, got {_short(values)}")
     hints = get_type_hints(cls)
     known = {f.name: f for f in fields(cls)}
     kwargs = {}
     for key, value in values.items():
-        where = f"{section}.{key}" if section else key
+        name = key if isinstance(key, str) and len(key) <= 60 else _short(key)
+        where = f"{section}.{name}" if section else name
         if key not in known:
             raise ConfigError(f"{where}: unknown key (expected one of {', '.join(known)})")
         hint = hints[key]
-        if is_dataclass(hint):
-            kwargs[key] = from_dict(hint, value, where)
-        elif hint is tuple or getattr(hint, "__origin__", None) is tuple:
-            kwargs[key] = tuple(value)
-        else:
-            kwargs[key] = value
+        kwargs[key] = from_dict(hint, value, where) if is_dataclass(hint) else _coerce(value, hint, where)
     return cls(**kwargs)
 
 
@@ -188,14 +288,30 @@ def to_dict(config: Any) -> Dict[str, Any]:
     return plain(dataclasses.asdict(config))
 
 
+#: configs are a few hundred bytes; anything this large is not one
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
 def read_yaml_dict(path: str | Path) -> Dict[str, Any]:
     """A YAML mapping from ``path`` (safe loader); errors name the file."""
     import yaml
 
+    class NoAliasLoader(yaml.SafeLoader):
+        """Safe loading without anchors/aliases: a few hundred bytes of nested aliases
+        ("billion laughs") would otherwise expand to gigabytes."""
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                raise ConfigError(f"config: expected plain YAML without aliases (*name), got one in {path}")
+            return super().compose_node(parent, index)
+
     try:
+        if Path(path).stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config: expected a YAML file under {MAX_CONFIG_BYTES // 1024} KiB, "
+                              f"got {Path(path).stat().st_size} bytes in {path}")
         with open(path, "r", encoding="utf-8") as handle:
-            values = yaml.safe_load(handle) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            values = yaml.load(handle, Loader=NoAliasLoader) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as error:
         raise ConfigError(f"config: expected a readable YAML file, got {path} ({type(error).__name__})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"config: expected a YAML mapping in {path}, got {type(values).__name__}")

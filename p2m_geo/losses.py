@@ -9,20 +9,23 @@ mesh weighs the same whatever its vertex count. Neighbourhoods come from
 :class:`P2MLoss` combines them with :class:`~p2m_geo.config.LossWeights`. Mapping to the
 original TensorFlow code (whose terms are scaled by 3000 relative to chamfer = 1):
 
-=====================  ===============================  =====================
+=====================  ===============================  ==========================
 term                   original                         here (÷ 3000)
-=====================  ===============================  =====================
+=====================  ===============================  ==========================
 chamfer GT→pred        ``mean(dist1) * 3000``           ``chamfer = 1``
 chamfer pred→GT        ``0.55 * mean(dist2) * 3000``    ``chamfer_pred_to_gt = 0.55``
-normal                 ``mean(cos) * 0.5``              ``normal = 1.6e-4`` (0.5/3000 = 1.67e-4)
-edge length            ``mean(|e|^2) * 300``            ``edge = 0.1``
-Laplacian              ``mean(|Δδ|^2) * 1500``          ``laplacian = 0.3`` (0.5 in TF scale)
+normal                 ``mean(cos) * 0.5``              ``normal = 0.5/3000 = 1.67e-4``
+edge length            ``mean(|e|^2) * 300``            ``edge = 300/3000 = 0.1``
+Laplacian              ``mean(|Δδ|^2) * 1500``          ``laplacian = 1500/3000 = 0.5``
 Laplacian, block 1     extra factor 0.1                 ``laplacian_first_block = 0.1``
-move (blocks 2, 3)     ``mean(|Δp|^2) * 100``           ``move = 0.1`` (0.033 in TF scale)
-=====================  ===============================  =====================
+move (blocks 2, 3)     ``mean(|Δp|^2) * 100``           ``move = 100/3000 = 0.033``
+=====================  ===============================  ==========================
 
-The Laplacian and move defaults follow the 2018 PyTorch port rather than the TF
-scale; set ``laplacian: 0.5, move: 0.0333`` to reproduce the TF weighting exactly.
+One documented difference: the original's edge and normal terms average over its support
+index pairs, which include every vertex's self-pair (length 0, cosine 0); here they
+average over the edges only. On the ellipsoid levels (about 6 neighbours per vertex) the
+original's mean is 6/7 of this one, so the same weights act 7/6 ≈ 1.167× as strongly
+here (multiply ``edge`` and ``normal`` by 6/7 to match the original exactly).
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ __all__ = [
     "laplacian_loss",
     "normal_loss",
     "move_loss",
+    "face_normal_loss",
     "P2MLoss",
 ]
 
@@ -268,6 +272,26 @@ def move_loss(pos_before: Tensor, pos_after: Tensor, batch: Tensor, num_graphs: 
     return _reduce(scatter(squared, batch, num_graphs, reduce="mean"), reduction)
 
 
+def face_normal_loss(pos: Tensor, face: Tensor, adjacency: Tensor, face_batch: Tensor,
+                     num_graphs: Optional[int] = None, reduction: str = "mean") -> Tensor:
+    r"""Per-graph mean of :math:`1 - \langle n_f, n_g\rangle` over pairs of faces :math:`(f, g)`
+    sharing an edge (PyTorch3D's ``mesh_normal_consistency``): 0 for a plane, small for a
+    smooth surface, up to 2 for a face folded back onto its neighbour. Not in the original
+    Pixel2Mesh; it penalises the crumples and folds that the vertex-based Laplacian lets
+    through (``p2m_geo.mesh_quality`` measures them).
+
+    Args:
+        face: ``[3,F]``; adjacency: ``[2,A]`` face pairs from
+            :func:`p2m_geo.mesh_quality.face_adjacency`; face_batch: graph id per face.
+    """
+    from p2m_geo.mesh_quality import face_normals
+
+    num_graphs = int(face_batch.max()) + 1 if num_graphs is None else num_graphs
+    normals = face_normals(pos, face)
+    disagreement = 1.0 - (normals[adjacency[0]] * normals[adjacency[1]]).sum(-1)
+    return _reduce(scatter(disagreement, face_batch[adjacency[0]], num_graphs, reduce="mean"), reduction)
+
+
 class P2MLoss(nn.Module):
     """All Pixel2Mesh training losses for the three blocks, weighted by :class:`LossWeights`.
 
@@ -285,6 +309,18 @@ class P2MLoss(nn.Module):
             raise ValueError(f"nearest: expected one of {', '.join(NEAREST_BACKENDS)}, got {nearest!r}")
         self.weights = weights or LossWeights()
         self.nearest = nearest
+        #: factor on the edge and Laplacian terms, set per epoch by the trainer (LossWeights.regulariser_factor)
+        self.regulariser_scale = 1.0
+        self._adjacency: Dict[Tuple, Tuple[Tensor, Tensor]] = {}
+
+    def _face_adjacency(self, mesh) -> Tuple[Tensor, Tensor]:
+        """Face pairs sharing an edge and the graph of each face, cached per topology."""
+        key = (mesh.face.data_ptr(), mesh.face.shape, mesh.face.device)
+        if key not in self._adjacency:
+            from p2m_geo.mesh_quality import face_adjacency
+
+            self._adjacency[key] = (face_adjacency(mesh.face), mesh.batch[mesh.face[0]])
+        return self._adjacency[key]
 
     def forward(self, output, target, images: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
         w = self.weights
@@ -308,13 +344,17 @@ class P2MLoss(nn.Module):
             edge, normal = edge_and_normal_losses(mesh.pos, mesh.edge_index, mesh.batch,
                                                   target.normal[chamfer.x_nearest], num_graphs)
             add("normal", w.normal * normal)
-            add("edge", w.edge * edge)
-            factor = w.laplacian_first_block if block == 0 else 1.0
+            add("edge", self.regulariser_scale * w.edge * edge)
+            factor = self.regulariser_scale * (w.laplacian_first_block if block == 0 else 1.0)
             neighbours = getattr(mesh, "conv_index", None)
             neighbours = mesh.edge_index if neighbours is None else neighbours
             add("laplacian", factor * w.laplacian * laplacian_loss(before, mesh.pos, neighbours, mesh.batch, num_graphs))
             if block > 0:
                 add("move", w.move * move_loss(before, mesh.pos, mesh.batch, num_graphs))
+            if w.face_normal > 0:
+                adjacency, face_batch = self._face_adjacency(mesh)
+                add("face_normal", self.regulariser_scale * w.face_normal
+                    * face_normal_loss(mesh.pos, mesh.face, adjacency, face_batch, num_graphs))
         if images is not None and output.image_logits is not None:
             from p2m_geo.models.image_decoder import image_reconstruction_loss
 

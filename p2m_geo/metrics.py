@@ -8,11 +8,15 @@ Both use squared Euclidean distances in the camera frame of the ShapeNetP2M data
   (reported in %), for :math:`\tau = 10^{-4}` and :math:`2\tau`.
 
 Protocol ``p2m`` uses the predicted vertices as the predicted points (as Pixel2Mesh
-did); ``meshrcnn`` samples 10k points uniformly on the predicted surface.
+did). Protocol ``meshrcnn`` is Mesh R-CNN's ``compare_meshes`` (:func:`meshrcnn_metrics`).
+
+:func:`image_sensitivity` measures whether a model listens to its input: the mean
+pairwise CD between its predictions for different images (0 for an image-blind model).
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+import itertools
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -20,9 +24,23 @@ from torch import Tensor
 from p2m_geo.losses import chamfer_distance
 from p2m_geo.scatter import scatter
 
-__all__ = ["F_SCORE_TAU", "reconstruction_metrics", "sample_points_on_faces"]
+__all__ = ["F_SCORE_TAU", "MESHRCNN_THRESHOLDS", "reconstruction_metrics", "sample_points_on_faces",
+           "meshrcnn_metrics", "point_cloud_metrics", "image_sensitivity", "protocol_metric_keys"]
 
 F_SCORE_TAU = 1e-4
+#: Mesh R-CNN's F1 thresholds (unsquared distances, GT scaled to a longest box edge of 10)
+MESHRCNN_THRESHOLDS = (0.1, 0.3, 0.5)
+MESHRCNN_SCALE = 10.0
+MESHRCNN_SAMPLES = 10000
+
+
+def protocol_metric_keys(protocol: str) -> Tuple[str, ...]:
+    """Metric names each protocol reports, in table order (CD-like first, F-scores after)."""
+    if protocol == "p2m":
+        return ("cd", f"f@{F_SCORE_TAU:g}", f"f@{2 * F_SCORE_TAU:g}")
+    if protocol == "meshrcnn":
+        return ("chamfer_l2", "normal_consistency") + tuple(f"f1@{t:g}" for t in MESHRCNN_THRESHOLDS)
+    raise ValueError(f"protocol: expected p2m or meshrcnn, got {protocol!r}")
 
 
 @torch.no_grad()
@@ -46,16 +64,19 @@ def reconstruction_metrics(
 
 
 def sample_points_on_faces(pos: Tensor, face: Tensor, batch: Tensor, num_graphs: int, count: int,
-                           generator: Optional[torch.Generator] = None):
-    """Area-uniform samples on each graph's surface: ``(points [B*count,3], batch [B*count])``.
+                           generator: Optional[torch.Generator] = None, return_normals: bool = False
+                           ) -> Union[Tuple[Tensor, Tensor], Tuple[Tensor, Tensor, Tensor]]:
+    """Area-uniform samples on each graph's surface: ``(points [B*count,3], batch [B*count])``,
+    plus the unit normal of each sample's face (``[B*count,3]``) with ``return_normals``.
 
     Args:
         pos: vertices ``[N,3]``; ``face``: ``[3,F]`` (batched, global indices); ``batch``: ``[N]``.
     """
     a, b, c = pos[face[0]], pos[face[1]], pos[face[2]]
-    area = torch.linalg.cross(b - a, c - a).norm(dim=-1)
+    cross = torch.linalg.cross(b - a, c - a)
+    area = cross.norm(dim=-1)
     face_batch = batch[face[0]]
-    points, batches = [], []
+    points, batches, normals = [], [], []
     for graph in range(num_graphs):
         ids = torch.nonzero(face_batch == graph).squeeze(1)
         chosen = ids[torch.multinomial(area[ids], count, replacement=True, generator=generator)]
@@ -64,4 +85,102 @@ def sample_points_on_faces(pos: Tensor, face: Tensor, batch: Tensor, num_graphs:
         s = r1.sqrt()
         points.append((1 - s)[:, None] * a[chosen] + (s * (1 - r2))[:, None] * b[chosen] + (s * r2)[:, None] * c[chosen])
         batches.append(torch.full((count,), graph, dtype=torch.long, device=pos.device))
+        normals.append(cross[chosen] / area[chosen, None].clamp_min(1e-30))
+    if return_normals:
+        return torch.cat(points), torch.cat(batches), torch.cat(normals)
     return torch.cat(points), torch.cat(batches)
+
+
+def _subsample(points: Tensor, normals: Tensor, batch: Tensor, num_graphs: int, count: int,
+               generator: Optional[torch.Generator]) -> Tuple[Tensor, Tensor, Tensor]:
+    """At most ``count`` points per graph, drawn without replacement (all of them where fewer)."""
+    keep = []
+    for graph in range(num_graphs):
+        ids = torch.nonzero(batch == graph).squeeze(1)
+        if ids.numel() > count:
+            ids = ids[torch.randperm(ids.numel(), generator=generator, device=ids.device)[:count]].sort().values
+        keep.append(ids)
+    keep = torch.cat(keep)
+    return points[keep], normals[keep], batch[keep]
+
+
+@torch.no_grad()
+def meshrcnn_metrics(
+    pred_pos: Tensor, pred_face: Tensor, pred_batch: Tensor, gt_pos: Tensor, gt_normal: Tensor, gt_batch: Tensor,
+    num_graphs: int, num_samples: int = MESHRCNN_SAMPLES, thresholds: Sequence[float] = MESHRCNN_THRESHOLDS,
+    generator: Optional[torch.Generator] = None,
+) -> Dict[str, Tensor]:
+    r"""Mesh R-CNN's ``compare_meshes`` (scale ``"gt-10"``) for predicted meshes against GT
+    point clouds with normals, per graph (``[B]`` tensors).
+
+    Both are scaled by :math:`s_b = 10 / \max(\text{GT bounding-box edge})`; ``num_samples``
+    points are sampled area-uniformly on each predicted surface (with their face
+    normals) and the GT points are subsampled to ``num_samples`` (all of them where
+    fewer). With :math:`d` the unsquared nearest-neighbour distances:
+
+    - ``chamfer_l2`` :math:`= \overline{d^2}_{pred\to gt} + \overline{d^2}_{gt\to pred}`;
+    - ``normal_consistency``: :math:`\tfrac12` (mean over predicted samples of
+      :math:`|\cos(n_p, n_{gt}(\mathrm{nn}(p)))|` + mean over GT points of
+      :math:`|\cos(n_g, n_p(\mathrm{nn}(g)))|`), Mesh R-CNN's absolute normal consistency;
+    - ``f1@t`` (%): precision = % predicted samples with :math:`d < t`, recall = % GT points
+      with :math:`d < t`, :math:`F_1 = 2PR/(P+R)`.
+    """
+    low = torch.full((num_graphs, 3), float("inf"), dtype=gt_pos.dtype, device=gt_pos.device)
+    high = torch.full((num_graphs, 3), float("-inf"), dtype=gt_pos.dtype, device=gt_pos.device)
+    low = low.scatter_reduce(0, gt_batch[:, None].expand(-1, 3), gt_pos, "amin")
+    high = high.scatter_reduce(0, gt_batch[:, None].expand(-1, 3), gt_pos, "amax")
+    scale = MESHRCNN_SCALE / (high - low).amax(dim=1).clamp_min(1e-12)  # [B]
+    pred_points, pred_points_batch, pred_normals = sample_points_on_faces(
+        pred_pos * scale[pred_batch, None], pred_face, pred_batch, num_graphs, num_samples, generator, return_normals=True)
+    gt_points, gt_normals, gt_points_batch = _subsample(gt_pos * scale[gt_batch, None], gt_normal, gt_batch,
+                                                        num_graphs, num_samples, generator)
+    return point_cloud_metrics(pred_points, pred_normals, pred_points_batch, gt_points, gt_normals, gt_points_batch,
+                               num_graphs, thresholds)
+
+
+@torch.no_grad()
+def point_cloud_metrics(pred_points: Tensor, pred_normals: Tensor, pred_batch: Tensor, gt_points: Tensor,
+                        gt_normals: Tensor, gt_batch: Tensor, num_graphs: int,
+                        thresholds: Sequence[float] = MESHRCNN_THRESHOLDS) -> Dict[str, Tensor]:
+    """The metrics of :func:`meshrcnn_metrics` on given oriented point clouds (no scaling,
+    no sampling): ``chamfer_l2``, ``normal_consistency`` and ``f1@t`` per graph."""
+    from p2m_geo.losses import chamfer_distance
+
+    result = chamfer_distance(pred_points, pred_batch, gt_points, gt_batch, num_graphs, reduction="none")
+    pred_dist = (pred_points - gt_points[result.x_nearest]).norm(dim=-1)
+    gt_dist = (gt_points - pred_points[result.y_nearest]).norm(dim=-1)
+
+    def cosine(u: Tensor, v: Tensor) -> Tensor:
+        return (u * v).sum(-1).abs() / (u.norm(dim=-1) * v.norm(dim=-1)).clamp_min(1e-12)
+
+    pred_cos = scatter(cosine(pred_normals, gt_normals[result.x_nearest]), pred_batch, num_graphs, reduce="mean")
+    gt_cos = scatter(cosine(gt_normals, pred_normals[result.y_nearest]), gt_batch, num_graphs, reduce="mean")
+    metrics = {"chamfer_l2": result.x_to_y + result.y_to_x, "normal_consistency": 0.5 * (pred_cos + gt_cos)}
+    for t in thresholds:
+        precision = 100.0 * scatter((pred_dist < t).to(pred_dist.dtype), pred_batch, num_graphs, reduce="mean")
+        recall = 100.0 * scatter((gt_dist < t).to(gt_dist.dtype), gt_batch, num_graphs, reduce="mean")
+        metrics[f"f1@{t:g}"] = 2 * precision * recall / (precision + recall + 1e-8)
+    return metrics
+
+
+@torch.no_grad()
+def image_sensitivity(predictions: Tensor) -> float:
+    r"""Mean pairwise CD (x1000, as ``reconstruction_metrics``' ``cd``) between the predicted
+    vertex sets of different inputs: :math:`\frac{2}{K(K-1)}\sum_{i<j}\mathrm{CD}(P_i, P_j)`.
+
+    0 means the model gives every image the same mesh (it does not see the image).
+
+    Args:
+        predictions: ``[K, N, 3]``, one predicted mesh's vertices per input, ``K >= 2``.
+    """
+    from p2m_geo.losses import chamfer_distance
+
+    count, nodes = predictions.shape[:2]
+    if count < 2:
+        raise ValueError(f"predictions: expected at least 2 meshes, got {count}")
+    pairs = torch.tensor(list(itertools.combinations(range(count), 2)), device=predictions.device)
+    pair_batch = torch.arange(len(pairs), device=predictions.device).repeat_interleave(nodes)
+    first = predictions[pairs[:, 0]].reshape(-1, 3)
+    second = predictions[pairs[:, 1]].reshape(-1, 3)
+    result = chamfer_distance(first, pair_batch, second, pair_batch, len(pairs), reduction="mean")
+    return 1000.0 * float(result.x_to_y + result.y_to_x)

@@ -35,7 +35,7 @@ class CreatesFileWhenUnpickled:
 
 
 TINY = {
-    "model": {"encoder_width": 0.125, "hidden": 16, "num_residual": 1},
+    "model": {"encoder_width": 0.125, "hidden": 16, "num_residual": 1, "image_branch": True},
     "train": {"batch_size": 2, "workers": 0, "preview_samples": 2, "lr": 1e-3, "lr_milestones": []},
 }
 

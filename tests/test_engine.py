@@ -36,13 +36,16 @@ def test_train_resume_eval_predict(tiny_data, tiny_config, tmp_path):
     result = invoke(*train_args(tiny_data, tiny_config, runs, "straight", 2))
     assert result.exit_code == 0, result.output
     run = runs / "straight"
-    for name in ("config.yaml", "last.pt", "best.pt", "metrics.csv", "preview_epoch001.png", "preview_epoch002.png"):
+    for name in ("config.yaml", "last.pt", "best.pt", "metrics.csv", "curves.png", "preview_epoch001.png",
+                 "preview_epoch002.png"):
         assert (run / name).is_file(), name
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     for key in ("train_chamfer", "train_edge", "train_laplacian", "train_normal", "train_move", "val_cd",
-                "val_f@0.0001", "val_f@0.0002", "lr", "samples_per_s"):
+                "val_f@0.0001", "val_f@0.0002", "lr", "samples_per_s", "val_blank_cd", "val_blank_f@0.0001",
+                "val_ellipsoid_cd", "val_ellipsoid_f@0.0001", "val_image_sensitivity"):
         assert key in rows[0] and np.isfinite(float(rows[0][key])), key
+    assert float(rows[1]["val_image_sensitivity"]) > 0
 
     # image branch: trained in epoch 1 only
     assert [r["image_branch"] for r in rows] == ["1", "0"]
@@ -67,10 +70,12 @@ def test_train_resume_eval_predict(tiny_data, tiny_config, tmp_path):
     result = invoke("eval", "--checkpoint", run / "best.pt", "--data", tiny_data, "--list", "test_list.txt",
                     "--device", "cpu", "--workers", "0", "--json", json_path)
     assert result.exit_code == 0, result.output
-    assert "| chair |" in result.output and "| mean |" in result.output
+    assert "| chair |" in result.output and "| **mean** |" in result.output and "image sensitivity" in result.output
+    assert "| CD model | CD blank | CD ellipsoid |" in result.output
     numbers = json.loads(json_path.read_text())
-    assert set(numbers["model"]) == {"chair", "table", "mean"} and "ellipsoid" in numbers
-    assert numbers["model"]["chair"]["count"] == 2
+    assert set(numbers["model"]) == {"chair", "table", "mean"} and {"blank", "ellipsoid"} <= set(numbers)
+    assert numbers["model"]["chair"]["count"] == 2 and numbers["image_sensitivity"] > 0
+    assert numbers["blank"]["mean"]["cd"] != numbers["model"]["mean"]["cd"]
 
     # predict: one image -> .ply, read back as a closed, consistently oriented mesh
     import open3d as o3d
@@ -107,6 +112,20 @@ def test_train_resume_eval_predict(tiny_data, tiny_config, tmp_path):
     for suffix in (".obj", ".off"):
         assert invoke("predict", image, "-o", tmp_path / f"m{suffix}", "--checkpoint", run / "best.pt").exit_code == 0
         assert len(o3d.io.read_triangle_mesh(str(tmp_path / f"m{suffix}")).vertices) == 2466
+
+    # --smooth: Taubin smoothing moves the vertices, keeps the topology, and makes the surface smoother
+    from p2m_geo.mesh_quality import dihedral_roughness, face_adjacency
+
+    smooth = tmp_path / "smooth.ply"
+    result = invoke("predict", image, "-o", smooth, "--checkpoint", run / "best.pt", "--smooth", 10)
+    assert result.exit_code == 0, result.output
+    plain_mesh, smooth_mesh = o3d.io.read_triangle_mesh(str(out)), o3d.io.read_triangle_mesh(str(smooth))
+    assert np.array_equal(np.asarray(plain_mesh.triangles), np.asarray(smooth_mesh.triangles))
+    face = torch.from_numpy(np.asarray(plain_mesh.triangles)).t().long()
+    adjacency, face_batch = face_adjacency(face), torch.zeros(face.size(1), dtype=torch.long)
+    roughness = [dihedral_roughness(torch.from_numpy(np.asarray(m.vertices)), face, adjacency, face_batch, 1).item()
+                 for m in (plain_mesh, smooth_mesh)]
+    assert roughness[1] < roughness[0]
 
 
 def test_predict_real_renderings(shared_data, tiny_checkpoint, tmp_path):

@@ -13,6 +13,7 @@ from p2m_geo.losses import (
     edge_and_normal_losses,
     edge_length_loss,
     laplacian_loss,
+    face_normal_loss,
     move_loss,
     normal_loss,
 )
@@ -275,20 +276,33 @@ def test_p2m_loss_combines_weighted_terms():
     from p2m_geo.camera import default_intrinsics
     from p2m_geo.config import LossWeights
 
-    model = Pixel2Mesh(ModelConfig(encoder_width=0.25, hidden=16, num_residual=1))
+    model = Pixel2Mesh(ModelConfig(encoder_width=0.25, hidden=16, num_residual=1, image_branch=True))
     images = torch.rand(2, 3, 224, 224)
     output = model(images, default_intrinsics(2), reconstruct_image=True)
     gt = Batch.from_data_list([
         Data(pos=torch.randn(300, 3) * 0.2 + torch.tensor([0, 0, -0.8]), normal=torch.randn(300, 3)),
         Data(pos=torch.randn(200, 3) * 0.2 + torch.tensor([0, 0, -0.8]), normal=torch.randn(200, 3)),
     ])
-    weights = LossWeights()
-    total, terms = P2MLoss(weights)(output, gt, images)
-    assert set(terms) == {"chamfer", "normal", "edge", "laplacian", "move", "image"}
+    weights = LossWeights(face_normal=0.01)
+    loss_fn = P2MLoss(weights)
+    loss_fn.regulariser_scale = 1.5  # an annealing factor on edge, Laplacian and face-normal terms
+    total, terms = loss_fn(output, gt, images)
+    assert set(terms) == {"chamfer", "normal", "edge", "laplacian", "move", "face_normal", "image"}
     torch.testing.assert_close(total, sum(terms.values()))
     # the edge term is the weighted sum over the three blocks of the pure function
-    expected_edge = sum(weights.edge * edge_length_loss(m.pos, m.edge_index, m.batch) for m in output.meshes)
+    expected_edge = sum(1.5 * weights.edge * edge_length_loss(m.pos, m.edge_index, m.batch) for m in output.meshes)
     torch.testing.assert_close(terms["edge"], expected_edge)
+    # Laplacian: block 1 with its extra factor, relative to each block's input positions
+    factors = [weights.laplacian_first_block, 1.0, 1.0]
+    expected_laplacian = sum(1.5 * f * weights.laplacian * laplacian_loss(b, m.pos, m.edge_index, m.batch)
+                             for f, b, m in zip(factors, output.pos_before, output.meshes))
+    torch.testing.assert_close(terms["laplacian"], expected_laplacian)
+    from p2m_geo.mesh_quality import face_adjacency
+
+    expected_face_normal = sum(1.5 * weights.face_normal * face_normal_loss(m.pos, m.face, face_adjacency(m.face),
+                                                                            m.batch[m.face[0]]) for m in output.meshes)
+    torch.testing.assert_close(terms["face_normal"], expected_face_normal)
+    assert terms["image"] > 0
     expected_move = sum(weights.move * move_loss(b, m.pos, m.batch) for b, m in zip(output.pos_before[1:], output.meshes[1:]))
     torch.testing.assert_close(terms["move"], expected_move)
     # chamfer and normal: one shared vertex -> GT search for the three levels gives what
@@ -299,8 +313,31 @@ def test_p2m_loss_combines_weighted_terms():
     expected_normal = sum(weights.normal * normal_loss(m.pos, m.edge_index, m.batch, gt.normal[c.x_nearest])
                           for m, c in zip(output.meshes, chamfers))
     torch.testing.assert_close(terms["normal"], expected_normal)
-    _, matmul_terms = P2MLoss(weights, nearest="matmul")(output, gt, images)
+    matmul_loss = P2MLoss(weights, nearest="matmul")
+    matmul_loss.regulariser_scale = 1.5
+    _, matmul_terms = matmul_loss(output, gt, images)
     for name, value in terms.items():
         torch.testing.assert_close(matmul_terms[name], value, rtol=1e-5, atol=1e-7)
     total.backward()
     assert model.blocks[0].conv_out.lin_rel.weight.grad.abs().sum() > 0
+
+
+def test_face_normal_loss_matches_loop_over_adjacent_faces(levels):
+    from p2m_geo.mesh_quality import face_adjacency
+
+    meshes = [perturbed(levels[0], seed, 0.01 * (seed + 1)) for seed in range(2)]
+    expected = []
+    for mesh in meshes:
+        pos, faces = mesh.pos.numpy(), mesh.face.t().numpy()
+        normals = np.cross(pos[faces[:, 1]] - pos[faces[:, 0]], pos[faces[:, 2]] - pos[faces[:, 0]])
+        normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+        by_edge = {}
+        for f, face in enumerate(faces.tolist()):
+            for k in range(3):
+                by_edge.setdefault(frozenset((face[k], face[(k + 1) % 3])), []).append(f)
+        expected.append(np.mean([1 - normals[f] @ normals[g] for f, g in by_edge.values()]))
+    batch = Batch.from_data_list(meshes)
+    values = face_normal_loss(batch.pos, batch.face, face_adjacency(batch.face), batch.batch[batch.face[0]],
+                              reduction="none")
+    assert values.tolist() == pytest.approx(expected, rel=1e-10)
+    assert values[1] > values[0] > 0

@@ -76,3 +76,103 @@ def test_surface_sampling_is_area_uniform():
     # uniform inside a triangle: the sample mean is the centroid
     lower = first[first[:, 2].abs() < 1e-9]
     torch.testing.assert_close(lower.mean(0), torch.tensor([1 / 3, 1 / 3, 0], dtype=torch.float64), atol=0.01, rtol=0)
+
+
+def brute_force_point_cloud_metrics(pred, pred_n, gt, gt_n, thresholds):
+    """Mesh R-CNN's _compute_sampling_metrics for one graph, with dense float64 numpy."""
+    d2 = ((pred[:, None, :] - gt[None, :, :]) ** 2).sum(-1)
+    p_nn, g_nn = d2.argmin(1), d2.argmin(0)
+    p_d, g_d = np.sqrt(d2.min(1)), np.sqrt(d2.min(0))
+
+    def abs_cos(u, v):
+        return np.abs((u * v).sum(-1)) / (np.linalg.norm(u, axis=-1) * np.linalg.norm(v, axis=-1))
+
+    out = {"chamfer_l2": (p_d ** 2).mean() + (g_d ** 2).mean(),
+           "normal_consistency": 0.5 * (abs_cos(pred_n, gt_n[p_nn]).mean() + abs_cos(gt_n, pred_n[g_nn]).mean())}
+    for t in thresholds:
+        precision, recall = 100 * (p_d < t).mean(), 100 * (g_d < t).mean()
+        out[f"f1@{t:g}"] = 2 * precision * recall / (precision + recall + 1e-8)
+    return out
+
+
+def test_point_cloud_metrics_match_mesh_rcnn_brute_force():
+    from p2m_geo.metrics import point_cloud_metrics
+
+    rng = np.random.default_rng(3)
+    sizes_pred, sizes_gt = (60, 45), (50, 70)
+    preds = [rng.normal(size=(n, 3)) for n in sizes_pred]
+    gts = [p[:40] + rng.normal(size=(40, 3)) * 0.2 for p in preds]
+    gts = [np.concatenate([g, rng.normal(size=(m - 40, 3))]) for g, m in zip(gts, sizes_gt)]
+    pred_n = [rng.normal(size=p.shape) for p in preds]
+    gt_n = [rng.normal(size=g.shape) for g in gts]
+    cat = lambda arrays: torch.from_numpy(np.concatenate(arrays))  # noqa: E731
+    batch = lambda sizes: torch.repeat_interleave(torch.arange(2), torch.tensor(sizes))  # noqa: E731
+    values = point_cloud_metrics(cat(preds), cat(pred_n), batch(sizes_pred), cat(gts), cat(gt_n), batch(sizes_gt), 2,
+                                 thresholds=(0.1, 0.3, 0.5))
+    for b in range(2):
+        expected = brute_force_point_cloud_metrics(preds[b], pred_n[b], gts[b], gt_n[b], (0.1, 0.3, 0.5))
+        for key, value in expected.items():
+            assert values[key][b].item() == pytest.approx(value, rel=1e-9, abs=1e-9), key
+    assert 0 < values["f1@0.3"][0] < values["f1@0.5"][0] < 100
+
+
+def cube_surface(rng, count):
+    """``count`` points on the surface of the unit cube [0,1]^3 with their outward normals."""
+    axis, side = rng.integers(0, 3, count), rng.integers(0, 2, count)
+    points = rng.random((count, 3))
+    points[np.arange(count), axis] = side
+    normals = np.zeros((count, 3))
+    normals[np.arange(count), axis] = 2 * side - 1
+    return points, normals
+
+
+def unit_cube_mesh():
+    vertices = np.array([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)], dtype=np.float64)
+    faces = np.array([[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
+                      [2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]])
+    return torch.from_numpy(vertices), torch.from_numpy(faces).t().contiguous()
+
+
+def test_meshrcnn_metrics_scale_by_the_gt_box_and_score_a_perfect_mesh_as_perfect():
+    from p2m_geo.metrics import meshrcnn_metrics
+
+    rng = np.random.default_rng(0)
+    vertices, faces = unit_cube_mesh()
+    gt, gt_normals = cube_surface(rng, 12000)  # subsampled to 10k inside
+    gt, gt_normals = torch.from_numpy(gt), torch.from_numpy(gt_normals)
+    zeros_v, zeros_g = torch.zeros(8, dtype=torch.long), torch.zeros(len(gt), dtype=torch.long)
+
+    def run(scale, shift):
+        return meshrcnn_metrics(vertices * scale + shift, faces, zeros_v, gt * scale + shift, gt_normals, zeros_g, 1,
+                                generator=torch.Generator().manual_seed(5))
+
+    unit = run(1.0, 0.0)
+    # the predicted cube is the GT surface: tiny chamfer, normals agree, F1 = 100 at every threshold
+    assert unit["chamfer_l2"].item() < 0.05 and unit["normal_consistency"].item() > 0.95  # < 1 only near the edges
+    assert all(unit[f"f1@{t:g}"].item() > 99.0 for t in (0.3, 0.5))
+    # "gt-10": the same scene scaled by 0.07 and moved gives the same numbers
+    small = run(0.07, 3.0)
+    for key in unit:
+        assert small[key].item() == pytest.approx(unit[key].item(), rel=1e-6, abs=1e-9), key
+    # a cube shrunk to half its size about its centre is worse on every count
+    shrunk = meshrcnn_metrics((vertices - 0.5) * 0.5 + 0.5, faces, zeros_v, gt, gt_normals, zeros_g, 1,
+                              generator=torch.Generator().manual_seed(5))
+    assert shrunk["chamfer_l2"] > 10 * unit["chamfer_l2"] and shrunk["f1@0.5"] < 50
+
+
+def test_image_sensitivity_is_the_mean_pairwise_chamfer_and_zero_for_identical_meshes():
+    from itertools import combinations
+
+    from p2m_geo.metrics import image_sensitivity
+
+    rng = np.random.default_rng(1)
+    meshes = rng.normal(size=(4, 30, 3)) * np.array([1.0, 0.5, 0.2, 2.0])[:, None, None]
+    expected = []
+    for i, j in combinations(range(4), 2):
+        d2 = ((meshes[i][:, None] - meshes[j][None]) ** 2).sum(-1)
+        expected.append(1000 * (d2.min(1).mean() + d2.min(0).mean()))
+    assert image_sensitivity(torch.from_numpy(meshes)) == pytest.approx(np.mean(expected), rel=1e-10)
+    same = torch.from_numpy(np.repeat(meshes[:1], 5, axis=0))
+    assert image_sensitivity(same) == 0.0
+    with pytest.raises(ValueError, match="predictions: expected at least 2 meshes, got 1"):
+        image_sensitivity(same[:1])

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -217,18 +218,64 @@ def test_image_modes_and_huge_image(tmp_path):
     Image.fromarray(np.stack([gray] * 3, -1)).convert("CMYK").save(tmp_path / "c.jpg")
     for name in ("g.png", "g16.png", "p.png", "c.jpg"):
         assert load_image(tmp_path / name).shape == (3, 224, 224), name
-    # 10000 x 10000: refused before decoding, memory stays bounded
-    Image.new("L", (10000, 10000)).save(tmp_path / "huge.png", optimize=False, compress_level=1)
+
+def _peak_rss_growth_mb(function) -> float:
+    """Peak-RSS growth of ``function()`` run in a fresh process (ru_maxrss never goes down)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(_measure_in_child, (function,))
+
+
+def _measure_in_child(function) -> float:
     import resource
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    try:
-        image = load_image(tmp_path / "huge.png")
-        assert image.shape == (3, 224, 224)
-    except ImageFileError as error:
-        assert "pixels" in str(error)
-    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-    assert grown_mb < 1500
+    function()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+
+
+def _load_and_check(path):
+    assert load_image(path).shape == (3, 224, 224)
+
+
+def _load_expecting_refusal(path):
+    with pytest.raises(ImageFileError, match=r"expected at most 64,000,000 pixels, got 10000x10000"):
+        load_image(path)
+
+
+@pytest.mark.slow
+def test_image_pixel_limit_is_checked_before_decoding_and_large_images_stay_small(tmp_path):
+    from p2m_geo.data.images import MAX_IMAGE_PIXELS
+
+    assert MAX_IMAGE_PIXELS == 64_000_000  # the README's figure
+    # 100 MP: over the limit, refused from the header alone (a decode would need 400 MB RGBA)
+    Image.new("L", (10000, 10000)).save(tmp_path / "huge.png", optimize=False, compress_level=1)
+    assert _peak_rss_growth_mb(partial(_load_expecting_refusal, tmp_path / "huge.png")) < 100
+    # 49 MP, under the limit: decoded, then reduced in 8 bits (no 600 MB float copy)
+    Image.new("RGBA", (7000, 7000), (10, 200, 30, 128)).save(tmp_path / "big.png", compress_level=1)
+    assert _peak_rss_growth_mb(partial(_load_and_check, tmp_path / "big.png")) < 700
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    # a 40x20 image whose left half is black; EXIF orientation 6 = rotate 90 deg clockwise to display
+    array = np.full((20, 40, 3), 255, np.uint8)
+    array[:, :20] = 0
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(array).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    shown = load_image(tmp_path / "rotated.jpg", size=20)  # displayed as 20 wide, 40 tall -> centre crop
+    # displayed upright: the black half is on top, so the centre crop's top rows are darker than its bottom
+    assert shown[:, :5].mean() < 0.5 < shown[:, -5:].mean()
+
+
+def test_fully_transparent_image_warns(tmp_path, caplog):
+    Image.new("RGBA", (64, 64), (0, 0, 0, 0)).save(tmp_path / "empty.png")
+    with caplog.at_level("WARNING"):
+        image = load_image(tmp_path / "empty.png")
+    assert torch.all(image == 1.0)
+    assert "fully transparent (no foreground)" in caplog.text
 
 
 # -------------------------------------------------------------------------- file lists
@@ -345,3 +392,51 @@ def test_keep_freed_cpu_memory_stops_page_faults_on_reallocation():
     pages = 10 * 64 * 2**20 // 4096
     assert int(before) > 0.9 * pages  # glibc mmaps and unmaps each 64 MB tensor
     assert int(after) < 0.05 * pages
+
+
+# ------------------------------------------------------------ outputs checked before the work
+@pytest.mark.slow
+def test_predict_refuses_colliding_or_clobbering_outputs_before_any_work(tmp_path, shared_data, tiny_checkpoint):
+    source = shared_data / "examples" / "chair.png"
+    photo = tmp_path / "img" / "victim.png"
+    photo.parent.mkdir()
+    photo.write_bytes(source.read_bytes())
+    original = photo.read_bytes()
+    (tmp_path / "out").mkdir()
+    # the preview may not be an input, an output, or anything but .png
+    for preview, message in ((photo, "--preview: expected a new file"),
+                             (tmp_path / "out" / "same.ply", "--preview: expected a .png file")):
+        result = cli("predict", photo, "-o", tmp_path / "out" / "same.ply", "--preview", preview,
+                     "--checkpoint", tiny_checkpoint, "--device", "cpu")
+        assert result.returncode != 0 and message in result.stderr, result.stderr
+        errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and message in errors[0]  # one line says it all
+    assert photo.read_bytes() == original and not (tmp_path / "out" / "same.ply").exists()
+    result = cli("predict", photo, "-o", tmp_path / "out" / "v.png", "--checkpoint", tiny_checkpoint)
+    assert result.returncode != 0 and "-o: expected a .ply/.obj/.off/.glb file" in result.stderr
+    # --all-levels: a_level1.png's mesh and a.png's level-1 mesh would share a name
+    a, b = tmp_path / "img" / "a.png", tmp_path / "img" / "a_level1.png"
+    a.write_bytes(original)
+    b.write_bytes(original)
+    folder = tmp_path / "deep" / "a" / "b"
+    result = cli("predict", a, b, "--all-levels", "-o", folder, "--checkpoint", tiny_checkpoint, "--device", "cpu")
+    assert result.returncode != 0 and "expected distinct output files, got" in result.stderr, result.stderr
+    assert not (tmp_path / "deep").exists()  # nothing created, not even the folder
+    # a bad preview folder is found before the model runs, and leaves no mesh behind
+    result = cli("predict", a, "-o", tmp_path / "out" / "a.ply", "--preview", tmp_path / "nodir" / "p.png",
+                 "--checkpoint", tiny_checkpoint, "--device", "cpu")
+    assert result.returncode != 0 and "--preview: expected an existing folder" in result.stderr
+    assert not (tmp_path / "out" / "a.ply").exists()
+
+
+@pytest.mark.slow
+def test_nan_weights_are_refused_at_load_naming_the_tensor(tmp_path, shared_data, tiny_checkpoint):
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    name = "blocks.1.conv_in.lin_rel.weight"
+    checkpoint["model"][name][0, 0] = float("nan")
+    bad = tmp_path / "nan.pt"
+    save_checkpoint(bad, checkpoint)
+    result = cli("predict", shared_data / "examples" / "car.png", "-o", tmp_path / "car.ply", "--checkpoint", bad)
+    assert result.returncode != 0
+    assert f"checkpoint: expected finite weights, got NaN/Inf in {name}" in result.stderr, result.stderr
+    assert not (tmp_path / "car.ply").exists()

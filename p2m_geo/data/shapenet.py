@@ -6,7 +6,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -23,6 +23,7 @@ __all__ = [
     "SampleRef",
     "FileListError",
     "read_file_list",
+    "subsample_target",
     "ShapeNetP2M",
     "SampleBatch",
     "collate_samples",
@@ -212,6 +213,24 @@ class SampleBatch:
 
     def __len__(self) -> int:
         return self.images.size(0)
+
+
+def subsample_target(target: Batch, count: int, generator: Optional[torch.Generator] = None) -> Batch:
+    """At most ``count`` GT points per graph, drawn uniformly without replacement (all of a
+    graph's points where it has fewer), keeping ``pos``, ``normal`` and the graph order.
+
+    Training on a fresh random subset each step keeps the GT -> prediction chamfer term an
+    unbiased estimate while the nearest-neighbour searches, most of a CPU step, shrink
+    with the cloud."""
+    keys = target.batch.to(torch.float64) + torch.rand(target.batch.shape, generator=generator,
+                                                         dtype=torch.float64, device=target.batch.device)
+    order = torch.argsort(keys)  # grouped by graph, random within each
+    graph = target.batch[order]
+    rank = torch.arange(order.numel(), device=order.device) - target.ptr[graph]
+    chosen = order[rank < count].sort().values  # the original point order within each graph
+    return Batch(pos=target.pos[chosen], normal=target.normal[chosen], batch=target.batch[chosen],
+                 ptr=torch.cat([target.ptr.new_zeros(1), torch.bincount(target.batch[chosen],
+                                minlength=target.num_graphs).cumsum(0)]))
 
 
 def collate_samples(items: Sequence[Dict[str, object]]) -> SampleBatch:

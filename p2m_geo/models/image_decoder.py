@@ -35,6 +35,13 @@ class ImageDecoder(nn.Module):
             current = out
         self.refine = nn.Sequential(nn.Conv2d(current, width, 3, padding=1), nn.ReLU(inplace=True))
         self.to_rgb = nn.Conv2d(width, 3, 1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He weights, zero biases."""
+        from p2m_geo.models.encoders import he_zero_bias_
+
+        he_zero_bias_(self)
 
     def forward(self, feature_maps: List[Tensor]) -> Tensor:
         x = feature_maps[-1]

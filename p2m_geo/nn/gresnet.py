@@ -7,9 +7,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import GraphConv
 
-__all__ = ["FusedGraphConv", "GResBlock", "GResNet"]
+__all__ = ["FusedGraphConv", "GResBlock", "GResNet", "glorot_zero_bias_", "OUTPUT_INIT_GAIN"]
 
 LINEAR_AGGREGATIONS = ("mean", "add", "sum")
+
+#: Gain of the Glorot init of each block's last (-> 3 coordinates) convolution: small enough
+#: that a fresh model outputs the ellipsoid within 1e-3, not zero so that the first step's
+#: gradient reaches every layer and the encoder.
+OUTPUT_INIT_GAIN = 3e-5
+
+
+def glorot_zero_bias_(conv: GraphConv, gain: float = 1.0) -> None:
+    r"""The original's graph-convolution init: Glorot-uniform weights
+    (:math:`\mathcal{U}(\pm g\sqrt{6/(F_{in}+F_{out})})`) for both linear maps, zero bias."""
+    for linear in (conv.lin_rel, conv.lin_root):
+        nn.init.xavier_uniform_(linear.weight, gain=gain)
+        if linear.bias is not None:
+            nn.init.zeros_(linear.bias)
 
 
 class FusedGraphConv(GraphConv):
@@ -122,6 +136,12 @@ class GResBlock(nn.Module):
         super().__init__()
         self.conv1 = FusedGraphConv(channels, channels, aggr=aggr)
         self.conv2 = FusedGraphConv(channels, channels, aggr=aggr)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Glorot weights, zero biases (as the original)."""
+        glorot_zero_bias_(self.conv1)
+        glorot_zero_bias_(self.conv2)
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
         y = F.relu(self.conv1(x, edge_index))
@@ -130,15 +150,22 @@ class GResBlock(nn.Module):
 
 
 class GResNet(nn.Module):
-    r"""One Pixel2Mesh deformation block: input conv, residual pairs, output conv.
+    r"""One Pixel2Mesh deformation block: input conv, residual pairs, (tail conv,) output conv.
 
     .. math::
         \mathbf{H}_0 = \sigma(g_{in}(\mathbf{X})),\quad
         \mathbf{H}_{k} = \mathrm{GResBlock}_k(\mathbf{H}_{k-1}),\quad
         \Delta\mathbf{P} = g_{out}(\mathbf{H}_K)
+        \ \text{or}\ g_{out}(\sigma(g_{tail}(\mathbf{H}_K)))
 
     Returns the coordinate offsets :math:`\Delta\mathbf{P}` and the hidden features
-    :math:`\mathbf{H}_K`, which the next block receives after unpooling.
+    :math:`\mathbf{H}_K`, which the next block receives after unpooling. With
+    ``tail_channels`` (the original's last block: hidden -> hidden/2 -> 3, 15
+    convolutions) a ReLU convolution narrows the features before the output convolution.
+
+    Initialisation (:meth:`reset_parameters`): Glorot weights and zero biases everywhere,
+    as the original; the output convolution's Glorot gain is :data:`OUTPUT_INIT_GAIN`, so a
+    fresh block moves the vertices by less than ~3e-4.
 
     Args:
         in_channels (int): input features per vertex (963 for cnn18 at level 1).
@@ -146,6 +173,8 @@ class GResNet(nn.Module):
         num_residual (int): residual pairs (6 gives the original 14 convolutions).
         out_channels (int): 3 coordinates.
         aggr (str): neighbour aggregation of every ``GraphConv``.
+        tail_channels (int, optional): width of the extra ReLU convolution before the
+            output one (``hidden_channels // 2`` in the original's third block).
 
     Shapes:
         - **input:** ``x`` :math:`(|\mathcal{V}|, F_{in})`, ``edge_index`` :math:`(2, |\mathcal{E}|)`
@@ -159,14 +188,26 @@ class GResNet(nn.Module):
         num_residual: int = 6,
         out_channels: int = 3,
         aggr: str = "mean",
+        tail_channels: Optional[int] = None,
     ) -> None:
         super().__init__()
         self.conv_in = FusedGraphConv(in_channels, hidden_channels, aggr=aggr)
         self.residual = nn.ModuleList(GResBlock(hidden_channels, aggr) for _ in range(num_residual))
-        self.conv_out = FusedGraphConv(hidden_channels, out_channels, aggr=aggr)
+        self.conv_tail = None if tail_channels is None else FusedGraphConv(hidden_channels, tail_channels, aggr=aggr)
+        self.conv_out = FusedGraphConv(tail_channels or hidden_channels, out_channels, aggr=aggr)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        glorot_zero_bias_(self.conv_in)
+        for block in self.residual:
+            block.reset_parameters()
+        if self.conv_tail is not None:
+            glorot_zero_bias_(self.conv_tail)
+        glorot_zero_bias_(self.conv_out, gain=OUTPUT_INIT_GAIN)
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tuple[Tensor, Tensor]:
         hidden = F.relu(self.conv_in(x, edge_index))
         for block in self.residual:
             hidden = block(hidden, edge_index)
-        return self.conv_out(hidden, edge_index), hidden
+        last = hidden if self.conv_tail is None else F.relu(self.conv_tail(hidden, edge_index))
+        return self.conv_out(last, edge_index), hidden

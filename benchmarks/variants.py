@@ -1,0 +1,168 @@
+"""Training variants of equal budget (same preset, same epochs, same data), side by side.
+
+``run`` trains each variant (in parallel processes where the machine allows; on a GPU
+several share the card) and keeps its ``metrics.csv`` and ``best.pt``; ``report`` evaluates
+each ``best.pt`` on the validation list (accuracy, the blank-image baseline, image
+sensitivity and, with open3d, the mesh-quality metrics) and prints one Markdown table.
+
+    python benchmarks/variants.py run --out variant-runs                # all variants
+    python benchmarks/variants.py run --out variant-runs --only base,edge-x3
+    python benchmarks/variants.py report variant-runs --data ~/.cache/p2m-geo/data/synth-v1-pc24-views4-seed0
+
+Every variant is the ``cpu-quick`` preset plus the overrides below, so each costs the same
+per training sample (``model`` overrides that change the cost are not listed here).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Dict, List
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from p2m_geo.config import Config, from_dict, merge_dicts, preset_dict  # noqa: E402
+
+#: name -> (what it changes, config overrides on top of the preset)
+VARIANTS: Dict[str, Any] = {
+    "base": ("defaults", {}),
+    "image-branch": ("U-Net image branch in epoch 1", {"model": {"image_branch": True}}),
+    "lr-1e-3": ("lr 1e-3", {"train": {"lr": 1e-3}}),
+    "lr-2e-4": ("lr 2e-4", {"train": {"lr": 2e-4}}),
+    "lr-1e-3-cosine": ("lr 1e-3, cosine schedule", {"train": {"lr": 1e-3, "lr_schedule": "cosine"}}),
+    "edge-x3": ("edge weight x3 (0.3)", {"loss": {"edge": 0.3}}),
+    "edge-x10": ("edge weight x10 (1.0)", {"loss": {"edge": 1.0}}),
+    "lap-x3": ("Laplacian weight x3 (1.5)", {"loss": {"laplacian": 1.5}}),
+    "normal-x10": ("normal weight x10", {"loss": {"normal": 5.0 / 3000}}),
+    "anneal-x10": ("edge + Laplacian x10 in epoch 1, annealed to x1 by epoch 5",
+                   {"loss": {"regulariser_start": 10.0, "regulariser_anneal_epochs": 4}}),
+    "tanh-0.1": ("offsets bounded by 0.1 tanh", {"model": {"offset_bound": 0.1}}),
+    "edge-x3-lap-x3": ("edge x3 + Laplacian x3", {"loss": {"edge": 0.3, "laplacian": 1.5}}),
+    "fnc-1e-3": ("adjacent-face normal term 1e-3", {"loss": {"face_normal": 1e-3}}),
+    "fnc-3e-3": ("adjacent-face normal term 3e-3", {"loss": {"face_normal": 3e-3}}),
+    "fnc-1e-2": ("adjacent-face normal term 1e-2", {"loss": {"face_normal": 1e-2}}),
+    "fnc-3e-2": ("adjacent-face normal term 3e-2", {"loss": {"face_normal": 3e-2}}),
+    "fnc-1e-2-lap-x3": ("adjacent-face normal term 1e-2, Laplacian x3",
+                        {"loss": {"face_normal": 1e-2, "laplacian": 1.5}}),
+    "smooth-anneal-tanh": ("edge x3 + Laplacian x3, x10 annealed, tanh 0.1",
+                           {"loss": {"edge": 0.3, "laplacian": 1.5, "regulariser_start": 10.0,
+                                     "regulariser_anneal_epochs": 4},
+                            "model": {"offset_bound": 0.1}}),
+}
+
+
+def variant_config(name: str, preset: str, extra: Dict[str, Any]) -> Config:
+    return from_dict(Config, merge_dicts(merge_dicts(preset_dict(preset), VARIANTS[name][1]), extra))
+
+
+def _train(job) -> str:
+    name, preset, extra, out, weights_only = job
+    from p2m_geo.checkpoint import load_checkpoint, save_checkpoint
+    from p2m_geo.engine import run_training
+
+    torch.set_num_threads(1)
+    run_dir = Path(out) / name
+    start = time.perf_counter()
+    run_training(variant_config(name, preset, extra), run_dir, quiet=True)
+    (run_dir / "wall_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
+    if weights_only:  # keep the weights, drop the optimiser state (smaller to move around)
+        best = load_checkpoint(run_dir / "best.pt")
+        save_checkpoint(run_dir / "weights.pt", {k: best[k] for k in ("model_config", "model", "config", "metrics")})
+        (run_dir / "best.pt").unlink()
+        (run_dir / "last.pt").unlink()
+    return name
+
+
+def run(args) -> None:
+    names = args.only.split(",") if args.only else list(VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"--only: expected names from {', '.join(VARIANTS)}, got {unknown[0]!r}")
+    extra: Dict[str, Any] = {"train": {"device": args.device, "workers": args.workers}}
+    if args.data:
+        extra["data"] = {"root": args.data}
+    if args.epochs:
+        extra["train"]["epochs"] = args.epochs
+    if args.milestones:
+        extra["train"]["lr_milestones"] = [int(m) for m in args.milestones.split(",")]
+    if args.max_steps:
+        extra["train"]["max_steps"] = args.max_steps
+    jobs = [(n, args.preset, extra, args.out, args.weights_only) for n in names]
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    # not multiprocessing.Pool: its daemonic workers could not start DataLoader workers
+    with ProcessPoolExecutor(args.parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for name in pool.map(_train, jobs):
+            logging.info("finished %s", name)
+
+
+def report(args) -> None:
+    import numpy as np
+    from torch.utils.data import DataLoader, Subset
+
+    from p2m_geo.checkpoint import load_checkpoint, model_from_checkpoint
+    from p2m_geo.data import ShapeNetP2M, collate_samples
+    from p2m_geo.evaluation import evaluate
+
+    rows: List[Dict[str, Any]] = []
+    dataset = ShapeNetP2M(args.data, Path(args.data) / "test_list.txt")
+    if args.views:  # evenly spread over the class-sorted list, so every class is in
+        dataset = Subset(dataset, np.linspace(0, len(dataset) - 1, args.views).round().astype(int).tolist())
+    loader = DataLoader(dataset, batch_size=8, collate_fn=collate_samples)
+    for run_dir in sorted(p for p in Path(args.runs).iterdir() if p.is_dir()):
+        path = run_dir / "weights.pt" if (run_dir / "weights.pt").is_file() else run_dir / "best.pt"
+        if not path.is_file() or run_dir.name not in VARIANTS:
+            continue
+        model = model_from_checkpoint(load_checkpoint(path), str(path))
+        result = evaluate(model, loader, torch.device("cpu"), baselines=("blank",), quality="all")
+        mean = result.tables["model"]["mean"] | result.quality["mean"]
+        rows.append({"variant": run_dir.name, "what": VARIANTS[run_dir.name][0], **mean,
+                     "blank_f": result.tables["blank"]["mean"]["f@0.0001"], "sensitivity": result.image_sensitivity})
+        logging.info("%s: %s", run_dir.name, rows[-1])
+    columns = [("F@τ %", "f@0.0001", 1), ("CD", "cd", 2), ("blank F@τ", "blank_f", 1), ("sens.", "sensitivity", 1),
+               ("NC", "normal_consistency", 3), ("self-int. %", "self_intersecting", 1),
+               ("roughness °", "roughness", 1)]
+    print("| variant | what | " + " | ".join(c[0] for c in columns) + " |")
+    print("|---|---|" + "---|" * len(columns))
+    for row in rows:
+        print(f"| {row['variant']} | {row['what']} | "
+              + " | ".join(f"{row[key]:.{digits}f}" if key in row else "–" for _, key, digits in columns) + " |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+def main(argv=None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("run", help="train the variants")
+    train.add_argument("--out", required=True)
+    train.add_argument("--data", default="", help="ShapeNetP2M-layout root [default: the procedural set]")
+    train.add_argument("--preset", default="cpu-quick")
+    train.add_argument("--epochs", type=int, default=0, help="[default: the preset's]")
+    train.add_argument("--milestones", default="", help="comma-separated lr milestones [default: the preset's]")
+    train.add_argument("--max-steps", type=int, default=0, help="stop each run after this many steps (smoke tests)")
+    train.add_argument("--only", default="", help="comma-separated variant names")
+    train.add_argument("--device", default="auto")
+    train.add_argument("--workers", type=int, default=1)
+    train.add_argument("--parallel", type=int, default=1, help="variants trained at the same time")
+    train.add_argument("--weights-only", action="store_true", help="keep weights.pt instead of best.pt/last.pt")
+    train.set_defaults(func=run)
+    summary = commands.add_parser("report", help="evaluate the trained variants")
+    summary.add_argument("runs")
+    summary.add_argument("--data", required=True)
+    summary.add_argument("--json", default="")
+    summary.add_argument("--views", type=int, default=0, help="evaluate this many views, spread evenly [default: all]")
+    summary.set_defaults(func=report)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
