@@ -9,8 +9,11 @@ sensitivity and, with open3d, the mesh-quality metrics) and prints one Markdown 
     python benchmarks/variants.py run --out variant-runs --only base,edge-x3
     python benchmarks/variants.py report variant-runs --data ~/.cache/p2m-geo/data/synth-v1-pc24-views4-seed0
 
-Every variant is the ``cpu-quick`` preset plus the overrides below, so each costs the same
-per training sample (``model`` overrides that change the cost are not listed here).
+Every variant is the ``cpu-quick`` preset plus the overrides below, so each costs about the
+same per training sample (the image branch adds its decoder in epoch 1).
+
+    python benchmarks/variants.py run --out round1 --only base,image-branch,lr-1e-3,...   # README round 1
+    python benchmarks/variants.py run --out round2 --epochs 6 --milestones 5 --only base,fnc-1e-3,...
 """
 from __future__ import annotations
 
@@ -30,31 +33,45 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from p2m_geo.config import Config, from_dict, merge_dicts, preset_dict  # noqa: E402
 
-#: name -> (what it changes, config overrides on top of the preset)
+#: what the measured rounds shared: all GT points in the loss and no face-normal term (both came later)
+_SWEEP = {"loss": {"face_normal": 0.0}, "train": {"gt_points": 0}}
+#: round 1 ran on the old default, which had the image branch on
+_ROUND1 = merge_dicts(_SWEEP, {"model": {"image_branch": True}})
+
+
+def _with(base: Dict[str, Any], change: Dict[str, Any]) -> Dict[str, Any]:
+    return merge_dicts(base, change)
+
+
+#: name -> (what it changes, config overrides on top of the preset). README's table comes from
+#: round 1 (``run`` with the preset's 8 epochs) and round 2 (``--epochs 6 --milestones 5``).
 VARIANTS: Dict[str, Any] = {
-    "base": ("defaults", {}),
-    "image-branch": ("U-Net image branch in epoch 1", {"model": {"image_branch": True}}),
-    "lr-1e-3": ("lr 1e-3", {"train": {"lr": 1e-3}}),
-    "lr-2e-4": ("lr 2e-4", {"train": {"lr": 2e-4}}),
-    "lr-1e-3-cosine": ("lr 1e-3, cosine schedule", {"train": {"lr": 1e-3, "lr_schedule": "cosine"}}),
-    "edge-x3": ("edge weight x3 (0.3)", {"loss": {"edge": 0.3}}),
-    "edge-x10": ("edge weight x10 (1.0)", {"loss": {"edge": 1.0}}),
-    "lap-x3": ("Laplacian weight x3 (1.5)", {"loss": {"laplacian": 1.5}}),
-    "normal-x10": ("normal weight x10", {"loss": {"normal": 5.0 / 3000}}),
-    "anneal-x10": ("edge + Laplacian x10 in epoch 1, annealed to x1 by epoch 5",
-                   {"loss": {"regulariser_start": 10.0, "regulariser_anneal_epochs": 4}}),
-    "tanh-0.1": ("offsets bounded by 0.1 tanh", {"model": {"offset_bound": 0.1}}),
-    "edge-x3-lap-x3": ("edge x3 + Laplacian x3", {"loss": {"edge": 0.3, "laplacian": 1.5}}),
-    "fnc-1e-3": ("adjacent-face normal term 1e-3", {"loss": {"face_normal": 1e-3}}),
-    "fnc-3e-3": ("adjacent-face normal term 3e-3", {"loss": {"face_normal": 3e-3}}),
-    "fnc-1e-2": ("adjacent-face normal term 1e-2", {"loss": {"face_normal": 1e-2}}),
-    "fnc-3e-2": ("adjacent-face normal term 3e-2", {"loss": {"face_normal": 3e-2}}),
+    "default": ("the current defaults", {}),
+    "base": ("no face-normal term, all GT points, no image branch", _SWEEP),
+    "image-branch": ("U-Net image branch in epoch 1", _ROUND1),
+    "lr-1e-3": ("image branch, lr 1e-3", _with(_ROUND1, {"train": {"lr": 1e-3}})),
+    "lr-2e-4": ("image branch, lr 2e-4", _with(_ROUND1, {"train": {"lr": 2e-4}})),
+    "lr-1e-3-cosine": ("image branch, lr 1e-3, cosine schedule",
+                       _with(_ROUND1, {"train": {"lr": 1e-3, "lr_schedule": "cosine"}})),
+    "edge-x3": ("image branch, edge weight x3 (0.3)", _with(_ROUND1, {"loss": {"edge": 0.3}})),
+    "edge-x10": ("image branch, edge weight x10 (1.0)", _with(_ROUND1, {"loss": {"edge": 1.0}})),
+    "lap-x3": ("image branch, Laplacian weight x3 (1.5)", _with(_ROUND1, {"loss": {"laplacian": 1.5}})),
+    "normal-x10": ("image branch, normal weight x10", _with(_ROUND1, {"loss": {"normal": 5.0 / 3000}})),
+    "anneal-x10": ("image branch, edge + Laplacian x10 in epoch 1, annealed to x1 by epoch 5",
+                   _with(_ROUND1, {"loss": {"regulariser_start": 10.0, "regulariser_anneal_epochs": 4}})),
+    "tanh-0.1": ("image branch, offsets bounded by 0.1 tanh", _with(_ROUND1, {"model": {"offset_bound": 0.1}})),
+    "edge-x3-lap-x3": ("image branch, edge x3 + Laplacian x3",
+                       _with(_ROUND1, {"loss": {"edge": 0.3, "laplacian": 1.5}})),
+    "smooth-anneal-tanh": ("image branch, edge x3 + Laplacian x3, x10 annealed, tanh 0.1",
+                           _with(_ROUND1, {"loss": {"edge": 0.3, "laplacian": 1.5, "regulariser_start": 10.0,
+                                                    "regulariser_anneal_epochs": 4},
+                                           "model": {"offset_bound": 0.1}})),
+    "fnc-1e-3": ("adjacent-face normal term 1e-3", _with(_SWEEP, {"loss": {"face_normal": 1e-3}})),
+    "fnc-3e-3": ("adjacent-face normal term 3e-3", _with(_SWEEP, {"loss": {"face_normal": 3e-3}})),
+    "fnc-1e-2": ("adjacent-face normal term 1e-2", _with(_SWEEP, {"loss": {"face_normal": 1e-2}})),
+    "fnc-3e-2": ("adjacent-face normal term 3e-2", _with(_SWEEP, {"loss": {"face_normal": 3e-2}})),
     "fnc-1e-2-lap-x3": ("adjacent-face normal term 1e-2, Laplacian x3",
-                        {"loss": {"face_normal": 1e-2, "laplacian": 1.5}}),
-    "smooth-anneal-tanh": ("edge x3 + Laplacian x3, x10 annealed, tanh 0.1",
-                           {"loss": {"edge": 0.3, "laplacian": 1.5, "regulariser_start": 10.0,
-                                     "regulariser_anneal_epochs": 4},
-                            "model": {"offset_bound": 0.1}}),
+                        _with(_SWEEP, {"loss": {"face_normal": 1e-2, "laplacian": 1.5}})),
 }
 
 

@@ -84,7 +84,7 @@ def mesh_quality_command(meshes) -> None:
     from p2m_geo.mesh_quality import dihedral_roughness, face_adjacency, self_intersecting_fraction
 
     click.echo("| mesh | vertices | faces | self-intersecting faces % | roughness ° |\n|---|---|---|---|---|")
-    fractions = []
+    fractions, clouds = [], []
     for path in meshes:
         mesh = o3d.io.read_triangle_mesh(str(path))
         vertices, faces = np.asarray(mesh.vertices), np.asarray(mesh.triangles)
@@ -94,5 +94,11 @@ def mesh_quality_command(meshes) -> None:
         roughness = dihedral_roughness(torch.from_numpy(vertices), face, face_adjacency(face),
                                        torch.zeros(face.size(1), dtype=torch.long), 1).item()
         fractions.append(100 * self_intersecting_fraction(vertices, faces))
+        clouds.append(torch.from_numpy(vertices))
         click.echo(f"| {path.name} | {len(vertices)} | {len(faces)} | {fractions[-1]:.2f} | {roughness:.1f} |")
     click.echo(f"| **mean** | | | {np.mean(fractions):.2f} | |")
+    if len(clouds) > 1 and len({len(c) for c in clouds}) == 1:
+        from p2m_geo.metrics import image_sensitivity
+
+        click.echo(f"mean pairwise CD x1000 between these meshes' vertices (predictions for different images: "
+                   f"0 = the same mesh for all): {image_sensitivity(torch.stack(clouds)):.3f}")

@@ -45,6 +45,9 @@ def evaluate_command(checkpoint, data_root, file_list, protocol, batch_size, wor
     from p2m_geo.evaluation import BASELINES, evaluate, format_table
     from p2m_geo.io_utils import atomic_write_bytes
 
+    if json_path is not None and not json_path.parent.is_dir():  # checked before any work
+        raise click.BadParameter(f"expected an existing folder for {json_path}, got no such folder: "
+                                 f"{json_path.parent}", param_hint="--json")
     torch_device = resolve_device(device)
     if torch_device.type == "cpu":
         from p2m_geo.allocator import keep_freed_cpu_memory

@@ -32,16 +32,31 @@ def build_config(preset: str, config_file: Optional[Path], overrides: Dict[str, 
     return from_dict(Config, values)
 
 
-def _run_name(preset: str, ctx) -> str:
-    """Date-time run name; under torchrun, rank 0's name is broadcast so all ranks agree."""
-    name = f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{preset}"
+def _new_run_dir(out: Path, preset: str, ctx) -> Path:
+    """A fresh date-time run folder, created by rank 0 (see :func:`_fresh_run_dir`); under
+    torchrun its path is broadcast so all ranks agree."""
+    run_dir = _fresh_run_dir(out, f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{preset}") if ctx.is_main else None
     if ctx.enabled:
         import torch.distributed as dist
 
-        holder = [name]
+        holder = [str(run_dir) if run_dir else ""]
         dist.broadcast_object_list(holder, src=0)
-        name = holder[0]
-    return name
+        run_dir = Path(holder[0])
+    return run_dir
+
+
+def _fresh_run_dir(out: Path, name: str) -> Path:
+    """``out/name``, or ``out/name-2``, ``-3``, ... : created here, exclusively, so two runs
+    started in the same second never share a folder."""
+    out.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 1000):
+        run_dir = out / (name if attempt == 1 else f"{name}-{attempt}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+    raise click.BadParameter(f"expected a free run name under {out}, got none after 999 tries", param_hint="--out")
 
 
 @click.command()
@@ -101,12 +116,18 @@ def train(preset, config_file, data_root, train_list, val_list, epochs, batch_si
     else:
         preset = preset or default_preset()
         config = build_config(preset, config_file, overrides)
-        run_dir = out / (name or _run_name(preset, init_distributed(config.train.device)))
-        if (run_dir / "last.pt").exists():
-            raise click.BadParameter(f"expected a new run folder, got {run_dir} which already holds last.pt (use --resume)",
-                                     param_hint="--name")
+        if name:
+            run_dir = out / name
+            if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+                raise click.BadParameter(f"expected a new or empty run folder, got {run_dir}, which holds files "
+                                         f"(use --resume {run_dir} or another --name)", param_hint="--name")
+        else:
+            run_dir = _new_run_dir(out, preset, init_distributed(config.train.device))
     log.info("run folder: %s", run_dir)
-    row = run_training(config, run_dir, resume=resume_dir is not None, quiet=quiet).metrics
+    try:
+        row = run_training(config, run_dir, resume=resume_dir is not None, quiet=quiet).metrics
+    except KeyboardInterrupt:
+        raise click.ClickException(f"interrupted; resume with --resume {run_dir}") from None
     if row and "val_cd" in row:
         click.echo(f"{run_dir}: epoch {row['epoch']}, val CD {row.get('val_cd', float('nan')):.3f}, "
                    f"F@1e-4 {row.get('val_f@0.0001', float('nan')):.2f}%")

@@ -1,6 +1,7 @@
 """Checkpoints: plain dicts, written atomically, read with ``weights_only=True`` and strict keys."""
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import random
@@ -51,8 +52,15 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 def save_checkpoint(path: Union[str, os.PathLike], checkpoint: Dict[str, Any]) -> None:
     """``torch.save`` to a temp file next to ``path``, then ``os.replace`` (never half-written)."""
     checkpoint = {"format_version": FORMAT_VERSION, **checkpoint}
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+    except (OSError, RuntimeError) as error:
+        # torch.save reports a full disk as "[enforce fail at inline_container.cc] unexpected pos"
+        full = getattr(error, "errno", None) == errno.ENOSPC or "unexpected pos" in str(error)
+        reason = "a full disk (ENOSPC)" if full else f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        raise OSError(errno.ENOSPC if full else errno.EIO,
+                      f"checkpoint: expected to write {path}, got {reason}; the earlier checkpoints are kept") from None
 
 
 def load_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:

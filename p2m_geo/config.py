@@ -232,10 +232,10 @@ PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
         "train": {"epochs": 8, "batch_size": 8, "lr": 5e-4, "lr_milestones": [6], "workers": 1, "gt_points": 4000},
         "data": {"synth_per_class": 24, "synth_views": 4},
     },
-    # cpu-quick trained 4x longer (about 45 minutes on 2 cores): the README's longer run.
+    # cpu-quick trained 3x longer (about 35 minutes on 2 cores): the README's longer run.
     "cpu-long": {
         "model": {"encoder_width": 0.25, "hidden": 64, "num_residual": 2},
-        "train": {"epochs": 32, "batch_size": 8, "lr": 5e-4, "lr_milestones": [22, 28], "workers": 1,
+        "train": {"epochs": 24, "batch_size": 8, "lr": 5e-4, "lr_milestones": [16, 21], "workers": 1,
                   "gt_points": 4000},
         "data": {"synth_per_class": 24, "synth_views": 4},
     },

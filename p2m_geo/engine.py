@@ -1,6 +1,7 @@
 """Training and evaluation loops (plain functions; tqdm lives here and in the CLI only)."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
 import io
@@ -8,6 +9,7 @@ import logging
 import math
 import os
 import random
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,7 @@ from p2m_geo.allocator import keep_freed_cpu_memory
 from p2m_geo.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from p2m_geo.config import Config, TrainConfig, to_dict
 from p2m_geo.data.shapenet import ShapeNetP2M, collate_samples, subsample_target
-from p2m_geo.io_utils import atomic_path, atomic_write_bytes
+from p2m_geo.io_utils import atomic_path, atomic_write_bytes, folder_lock, remove_stale_temp_files
 from p2m_geo.losses import P2MLoss
 from p2m_geo.mesh import graph_mesh
 from p2m_geo.evaluation import evaluate, format_table, metric_key
@@ -124,8 +126,11 @@ def ensure_dataset(config: Config, ctx: Optional[DistributedContext] = None, wor
 
 
 def resolve_list(root: Path, name: str) -> Path:
+    """A file list named relative to the data root, unless absolute or written ``./...``
+    (relative to the working directory): a list that happens to sit in the working
+    directory never replaces the data set's own."""
     path = Path(name)
-    return path if path.is_absolute() or path.exists() else root / name
+    return path if path.is_absolute() or str(name).startswith("./") else root / name
 
 
 def make_loader(dataset, batch_size: int, train: bool, workers: int, seed: int, epoch: int,
@@ -139,7 +144,14 @@ def make_loader(dataset, batch_size: int, train: bool, workers: int, seed: int, 
     else:
         sampler = SequentialSampler(dataset)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      collate_fn=collate_samples, pin_memory=pin_memory, drop_last=train and len(dataset) > batch_size)
+                      collate_fn=collate_samples, pin_memory=pin_memory, drop_last=train and len(dataset) > batch_size,
+                      worker_init_fn=_ignore_interrupts if workers else None)
+
+
+def _ignore_interrupts(_worker_id: int) -> None:
+    """Ctrl-C is the main process's to handle: workers stop when it shuts them down,
+    without printing tracebacks of their own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # ----------------------------------------------------------------------------- training
@@ -243,8 +255,8 @@ def train_one_epoch(model_with_loss: nn.Module, loader: DataLoader, optimizer: t
                         state.step, state.consecutive_bad_steps)
             if state.consecutive_bad_steps >= max_bad_steps:
                 raise TrainingStopped(
-                    f"training: expected finite losses, got {state.consecutive_bad_steps} non-finite steps in a row "
-                    f"(limit {max_bad_steps}); the last good checkpoint is kept"
+                    f"training diverged at step {state.step + 1} (loss/prediction not finite in "
+                    f"{state.consecutive_bad_steps} steps in a row); lower --lr; the last good checkpoint is kept"
                 )
             continue
         optimizer.step()
@@ -323,10 +335,34 @@ def run_training(config: Config, run_dir: Path, resume: bool = False, quiet: boo
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank trains its shard through DDP and
     rank 0 alone evaluates and writes the run folder; checkpoints hold unwrapped weights.
+    Rank 0 holds the run folder's lock (:func:`~p2m_geo.io_utils.folder_lock`) throughout, so
+    two trainings never write into one folder, and first removes temp files a killed
+    run left behind.
     """
-    import yaml
-
     ctx = init_distributed(config.train.device)
+    with contextlib.ExitStack() as stack:
+        if ctx.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(folder_lock(run_dir))
+            if remove_stale_temp_files(run_dir):
+                log.info("removed temp files a killed run left in %s", run_dir)
+        return _run_training(config, run_dir, resume, quiet, ctx)
+
+
+def _config_differences(saved: Dict, current: Dict, prefix: str = "") -> List[str]:
+    keys = sorted(set(saved) | set(current), key=str)
+    out: List[str] = []
+    for key in keys:
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def _run_training(config: Config, run_dir: Path, resume: bool, quiet: bool, ctx: DistributedContext) -> TrainingResult:
+    import yaml
     device = resolve_device(config.train.device)
     if device.type == "cuda" and ctx.enabled:
         device = torch.device("cuda", ctx.local_rank)
@@ -349,7 +385,12 @@ def run_training(config: Config, run_dir: Path, resume: bool = False, quiet: boo
     state, history, best = TrainState(), [], -math.inf
     if resume:
         checkpoint = load_checkpoint(run_dir / "last.pt")
-        model.load_state_dict(checkpoint["model"], strict=True)
+        try:
+            model.load_state_dict(checkpoint["model"], strict=True)
+        except RuntimeError:
+            changed = _config_differences(checkpoint.get("config", {}), to_dict(config))
+            raise ValueError(f"--resume: expected {run_dir / 'config.yaml'} to match last.pt, got changed keys: "
+                             f"{', '.join(changed[:8]) or 'none (the weights do not fit this model)'}") from None
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         state = TrainState(**checkpoint["train_state"])
@@ -357,7 +398,6 @@ def run_training(config: Config, run_dir: Path, resume: bool = False, quiet: boo
         set_rng_state(checkpoint["rng"])
         log.info("resumed %s at epoch %d, step %d", run_dir, state.epoch, state.step)
     if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False).encode())
     ctx.barrier()
     if config.train.compile:
@@ -401,10 +441,6 @@ def run_training(config: Config, run_dir: Path, resume: bool = False, quiet: boo
             row.update(validation | ellipsoid_row)
             row["epoch_seconds"] = time.perf_counter() - epoch_start
             history.append(row)
-            _write_metrics_csv(run_dir / "metrics.csv", history)
-            write_training_curves(history, run_dir / "curves.png")
-            if preview_indices:
-                write_preview(model, val_set, preview_indices, device, run_dir / f"preview_epoch{state.epoch:03d}.png")
             score = row[BEST_METRIC]
             checkpoint = {
                 "config": to_dict(config), "model_config": to_dict(config.model), "model": model.state_dict(),
@@ -416,6 +452,11 @@ def run_training(config: Config, run_dir: Path, resume: bool = False, quiet: boo
                 best = score
                 save_checkpoint(run_dir / "best.pt", checkpoint)
             save_checkpoint(run_dir / "last.pt", checkpoint)
+            # after the checkpoint: metrics.csv never holds a row that no checkpoint has
+            _write_metrics_csv(run_dir / "metrics.csv", history)
+            write_training_curves(history, run_dir / "curves.png")
+            if preview_indices:
+                write_preview(model, val_set, preview_indices, device, run_dir / f"preview_epoch{state.epoch:03d}.png")
             if board is not None:
                 for key, value in row.items():
                     board.add_scalar(key, value, state.epoch)

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Union
 
-__all__ = ["atomic_path", "atomic_write_bytes"]
+__all__ = ["atomic_path", "atomic_write_bytes", "folder_lock", "FolderBusyError", "remove_stale_temp_files"]
 
 
 @contextmanager
@@ -32,3 +32,59 @@ def atomic_path(path: Union[str, os.PathLike], mode: int = 0o644) -> Iterator[Pa
 def atomic_write_bytes(path: Union[str, os.PathLike], data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+class FolderBusyError(RuntimeError):
+    """Another live process holds the folder's lock."""
+
+
+@contextmanager
+def folder_lock(folder: Union[str, os.PathLike]) -> Iterator[Path]:
+    """Hold ``folder/.lock`` (created exclusively, holding our pid) while the block runs.
+
+    A lock left by a process that no longer exists (killed) is taken over; one held by a
+    live process raises :class:`FolderBusyError` naming it.
+    """
+    lock = Path(folder) / ".lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _alive(pid):
+                raise FolderBusyError(f"{folder}: expected a run folder no other process writes to, got one in use "
+                                      f"by process {pid}") from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+    else:
+        raise FolderBusyError(f"{folder}: expected to take its lock, got a lock that keeps coming back")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(f"{os.getpid()}\n")
+    try:
+        yield lock
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: Union[str, os.PathLike]) -> int:
+    """Delete the temp files :func:`atomic_path` leaves when its process is killed mid-write
+    (``.<stem>.<random>.tmp<suffix>``); call while holding the folder's lock."""
+    removed = 0
+    for path in Path(folder).glob(".*.tmp*"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed

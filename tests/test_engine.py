@@ -109,6 +109,9 @@ def test_train_resume_eval_predict(tiny_data, tiny_config, tmp_path):
     result = invoke("predict", *images, "-o", folder, "--checkpoint", run / "best.pt", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in folder.iterdir()) == ["a.ply", "b.ply"]
+    result = invoke("data", "mesh-quality", folder / "a.ply", folder / "b.ply")
+    assert result.exit_code == 0, result.output
+    assert "| a.ply | 2466 | 4928 |" in result.output and "mean pairwise CD x1000" in result.output
     for suffix in (".obj", ".off"):
         assert invoke("predict", image, "-o", tmp_path / f"m{suffix}", "--checkpoint", run / "best.pt").exit_code == 0
         assert len(o3d.io.read_triangle_mesh(str(tmp_path / f"m{suffix}")).vertices) == 2466

@@ -258,7 +258,7 @@ def test_batch_equivalence_cuda():
 
 @pytest.mark.slow
 def test_forward_backward_batch_of_8_default_model():
-    model = Pixel2Mesh(ModelConfig())
+    model = Pixel2Mesh(ModelConfig(image_branch=True))
     out = model(torch.rand(8, 3, 224, 224), default_intrinsics(8), reconstruct_image=True)
     loss = sum(mesh.pos.square().mean() for mesh in out.meshes) + out.image_logits.mean()
     loss.backward()
@@ -359,7 +359,7 @@ def test_compiled_model_matches_eager_and_keeps_batch_equivalence():
     """``train.compile``: same meshes and gradients as eager (float32 rounding), and a graph's
     mesh does not depend on the rest of its batch."""
     torch.manual_seed(0)
-    config = ModelConfig(encoder_width=0.25, hidden=32, num_residual=2)
+    config = ModelConfig(encoder_width=0.25, hidden=32, num_residual=2, image_branch=True)
     eager = Pixel2Mesh(config)
     compiled = Pixel2Mesh(config)
     compiled.load_state_dict(eager.state_dict())

@@ -112,7 +112,7 @@ def test_non_finite_steps_are_skipped_then_training_stops(tiny_data):
             total, terms = super().forward(*args, **kwargs)
             return total * float("inf") * 0, terms
 
-    with pytest.raises(TrainingStopped, match="got 3 non-finite steps in a row"):
+    with pytest.raises(TrainingStopped, match=r"training diverged at step 1 \(.* in 3 steps in a row\); lower --lr"):
         train_one_epoch(ModelWithLoss(model, AlwaysNaN()), loader, optimizer, torch.device("cpu"), TrainState(),
                         False, max_bad_steps=3, quiet=True)
 
@@ -131,9 +131,8 @@ def test_sigkill_then_resume_is_bit_identical(tiny_data, tiny_config, tmp_path):
     last = tmp_path / "killed" / "last.pt"
     deadline = time.time() + 300
     while not last.exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    time.sleep(random.Random(0).uniform(0.2, 1.5))  # somewhere inside a later epoch
-    process.send_signal(signal.SIGKILL)
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)  # the run's own progress (epoch 1's checkpoint) triggers the kill
     process.wait()
     assert load_checkpoint(last)["train_state"]["epoch"] < 3, "the run finished before it was killed"
     resumed = cli("train", "--resume", tmp_path / "killed", "--quiet")
@@ -440,3 +439,115 @@ def test_nan_weights_are_refused_at_load_naming_the_tensor(tmp_path, shared_data
     assert result.returncode != 0
     assert f"checkpoint: expected finite weights, got NaN/Inf in {name}" in result.stderr, result.stderr
     assert not (tmp_path / "car.ply").exists()
+
+
+# --------------------------------------------------------------------- run folders and lists
+def _train(tiny_data, tiny_config, out, *extra):
+    return cli("train", "--config", tiny_config, "--data", tiny_data, "--out", out, "--epochs", 1, "--max-steps", 1,
+               "--device", "cpu", "--quiet", *extra)
+
+
+@pytest.mark.slow
+def test_run_folders_are_never_shared_or_overwritten(tmp_path, tiny_data, tiny_config):
+    from p2m_geo.io_utils import FolderBusyError, folder_lock
+
+    # a folder with files but no last.pt is not overwritten
+    kept = tmp_path / "runs" / "kept"
+    kept.mkdir(parents=True)
+    (kept / "metrics.csv").write_text("epoch\n1\n")
+    result = _train(tiny_data, tiny_config, tmp_path / "runs", "--name", "kept")
+    assert result.returncode != 0 and "--name: expected a new or empty run folder" in result.stderr
+    assert (kept / "metrics.csv").read_text() == "epoch\n1\n" and sorted(p.name for p in kept.iterdir()) == ["metrics.csv"]
+    # two runs without --name started in the same second get two folders
+    from p2m_geo.cli.train import _fresh_run_dir
+
+    first, second = _fresh_run_dir(tmp_path / "auto", "same"), _fresh_run_dir(tmp_path / "auto", "same")
+    assert first.name == "same" and second.name == "same-2"
+    # a live process's lock keeps a second training out; a dead one's is taken over
+    busy = tmp_path / "runs" / "busy"
+    busy.mkdir()
+    with folder_lock(busy):
+        with pytest.raises(FolderBusyError, match=f"in use by process {os.getpid()}"):
+            with folder_lock(busy):
+                pass
+    # resuming a folder a killed run left: its stale lock is taken over, its temp file removed
+    result = _train(tiny_data, tiny_config, tmp_path / "runs", "--name", "killed")
+    assert result.returncode == 0, result.stderr[-2000:]
+    killed = tmp_path / "runs" / "killed"
+    (killed / ".lock").write_text("999999999\n")  # a pid that does not exist
+    (killed / ".last.abc123.tmp.pt").write_bytes(b"")  # what a SIGKILL mid-save leaves
+    result = cli("train", "--resume", killed, "--epochs", 2, "--max-steps", 2, "--quiet")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not (killed / ".lock").exists() and not list(killed.glob(".*.tmp*"))
+    assert load_checkpoint(killed / "last.pt")["train_state"]["epoch"] == 2
+
+
+def test_list_entries_outside_the_root_are_refused():
+    from p2m_geo.data import FileListError, read_file_list
+
+    with pytest.raises(FileListError, match="<list>:1: expected a path inside the data root"):
+        read_file_list(["../outside/rendering/00.dat"])
+    with pytest.raises(FileListError, match="<list>:2: expected a path inside the data root"):
+        read_file_list(["02691156/m/rendering/00.dat", "02691156/../rendering/00.dat"])
+
+
+def test_relative_list_names_are_relative_to_the_data_root(tmp_path, monkeypatch):
+    from p2m_geo.engine import resolve_list
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "test_list.txt").write_text("decoy\n")  # a list in the working directory ...
+    root = tmp_path / "data"
+    assert resolve_list(root, "test_list.txt") == root / "test_list.txt"  # ... never replaces the data set's
+    assert resolve_list(root, "./test_list.txt") == Path("./test_list.txt")
+    assert resolve_list(root, str(tmp_path / "x.txt")) == tmp_path / "x.txt"
+
+
+@pytest.mark.slow
+def test_resume_after_editing_the_config_names_the_changed_keys(tmp_path, tiny_data, tiny_config):
+    result = _train(tiny_data, tiny_config, tmp_path, "--name", "edited")
+    assert result.returncode == 0, result.stderr[-2000:]
+    config = tmp_path / "edited" / "config.yaml"
+    config.write_text(config.read_text().replace("hidden: 16", "hidden: 24"))
+    result = cli("train", "--resume", tmp_path / "edited", "--epochs", 2, "--quiet")
+    assert result.returncode != 0
+    assert "config.yaml to match last.pt, got changed keys: model.hidden" in result.stderr, result.stderr[-2000:]
+
+
+def test_diverged_predictions_are_skipped_not_a_search_error():
+    from torch_geometric.data import Batch, Data
+
+    from p2m_geo.camera import default_intrinsics
+    from p2m_geo.losses import P2MLoss
+
+    model = Pixel2Mesh(TINY_MODEL)
+    with torch.no_grad():
+        model.blocks[0].conv_out.lin_rel.bias.fill_(float("inf"))
+    output = model(torch.rand(1, 3, 224, 224), default_intrinsics(1))
+    target = Batch.from_data_list([Data(pos=torch.randn(50, 3), normal=torch.randn(50, 3))])
+    total, _ = P2MLoss()(output, target)
+    assert not torch.isfinite(total)
+
+
+def test_full_disk_during_a_checkpoint_save_says_so_and_keeps_the_previous(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"model_config": {}, "model": {"w": torch.ones(3)}, "epoch": 1})
+
+    def full_disk(obj, target, *args, **kwargs):
+        Path(target).write_bytes(b"PK")  # torch.save's own words for ENOSPC:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match=r"checkpoint: expected to write .*last.pt, got a full disk \(ENOSPC\); "
+                                      r"the earlier checkpoints are kept"):
+        save_checkpoint(path, {"model_config": {}, "model": {"w": torch.zeros(3)}, "epoch": 2})
+    assert load_checkpoint(path)["epoch"] == 1 and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_errors_from_dataloader_workers_and_interrupts_read_as_one_line():
+    from p2m_geo.cli.errors import one_line
+
+    wrapped = ValueError("Caught DatFileError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+                         "last):\n  File \"x.py\", line 1, in f\np2m_geo.data.dat.DatFileError: bad.dat: expected a "
+                         "float32 array, got a str")
+    assert one_line(wrapped) == "bad.dat: expected a float32 array, got a str"
+    assert one_line(ValueError("plain message\nmore")) == "plain message"

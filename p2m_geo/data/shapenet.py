@@ -80,6 +80,8 @@ class SampleRef:
 def _parse_line(text: str, number: int, source: str) -> SampleRef:
     relative = text[len(LIST_PREFIX):] if text.startswith(LIST_PREFIX) else text
     parts = relative.split("/")
+    if any(part in (".", "..") or "\\" in part for part in parts):
+        raise FileListError(f"{source}:{number}: expected a path inside the data root, got {text[:200]!r}")
     if len(parts) != 4 or parts[2] != "rendering" or not parts[3].endswith(".dat") or not all(parts):
         raise FileListError(
             f"{source}:{number}: expected '[Data/ShapeNetP2M/]<synset>/<model>/rendering/<view>.dat', got {text!r}"
