@@ -43,7 +43,7 @@ def friendly_errors(command: Callable) -> Callable:
             if context is not None and (context.find_root().obj or {}).get("debug"):
                 raise
             message = one_line(error)
-            if isinstance(error, OSError) and error.errno == errno.ENOSPC and "full disk" not in message:
+            if isinstance(error, OSError) and error.errno == errno.ENOSPC and "disk" not in message:
                 message = f"{error.filename or 'output'}: expected room to write, got a full disk (ENOSPC)"
             elif isinstance(error, OSError) and error.filename and str(error.filename) not in message:
                 message = f"{error.filename}: {message}"

@@ -2,6 +2,7 @@
 the other formats (imported only when one is asked for: it costs ~1 s to import)."""
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Union
@@ -68,3 +69,23 @@ def write_mesh(path: Union[str, os.PathLike], vertices: np.ndarray, faces: np.nd
     with atomic_path(path) as tmp:
         if not o3d.io.write_triangle_mesh(str(tmp), mesh, write_vertex_normals=True):
             raise OSError(f"{path}: open3d could not write the mesh")
+        # open3d reports success even when the disk filled up mid-write: check what is on disk
+        _check_written(path, tmp, len(vertices), len(faces))
+
+
+def _check_written(path: Path, tmp: Path, vertex_count: int, face_count: int) -> None:
+    """A ``.glb`` must be as long as its header says; other formats are read back and counted."""
+    if path.suffix.lower() == ".glb":
+        data = tmp.read_bytes()
+        declared = int.from_bytes(data[8:12], "little") if len(data) >= 12 and data[:4] == b"glTF" else -1
+        if declared != len(data):
+            raise OSError(errno.ENOSPC, f"{path}: expected a complete .glb ({declared} bytes by its header), got "
+                                        f"{len(data)} bytes on disk (is the disk full?); nothing was replaced")
+        return
+    import open3d as o3d
+
+    written = o3d.io.read_triangle_mesh(str(tmp))
+    if len(written.vertices) != vertex_count or len(written.triangles) != face_count:
+        raise OSError(errno.ENOSPC, f"{path}: expected {vertex_count} vertices and {face_count} faces on disk, "
+                                    f"got {len(written.vertices)} and {len(written.triangles)} (is the disk full?); "
+                                    "nothing was replaced")

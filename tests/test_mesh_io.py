@@ -61,3 +61,29 @@ def test_ply_layout_and_bad_shapes(deformed_mesh):
     assert len(data) - header_end == len(vertices) * 6 * 4 + len(faces) * (1 + 3 * 4)
     with pytest.raises(ValueError, match=r"mesh: expected vertices \[V,3\] and faces \[F,3\], got \[618, 2\]"):
         ply_bytes(vertices[:, :2], faces)
+
+
+@pytest.mark.parametrize("suffix", [".obj", ".off", ".glb"])
+def test_open3d_formats_are_read_back_so_a_full_disk_never_passes_as_success(tmp_path, monkeypatch, suffix):
+    import open3d as o3d
+
+    from p2m_geo.mesh import ellipsoid_hierarchy
+    from p2m_geo.mesh_io import write_mesh
+
+    level = ellipsoid_hierarchy().levels[0]
+    vertices, faces = level.pos.double().numpy(), level.face.t().numpy()
+    target = tmp_path / f"mesh{suffix}"
+    write_mesh(target, vertices, faces)
+    good = target.read_bytes()
+    real_write = o3d.io.write_triangle_mesh
+
+    def truncating_write(path, mesh, **kwargs):  # what open3d does on ENOSPC: half a file, and "success"
+        real_write(path, mesh, **kwargs)
+        data = open(path, "rb").read()
+        open(path, "wb").write(data[: len(data) // 2])
+        return True
+
+    monkeypatch.setattr(o3d.io, "write_triangle_mesh", truncating_write)
+    with pytest.raises(OSError, match=r"expected .* on disk.*is the disk full"):
+        write_mesh(target, vertices * 2, faces)
+    assert target.read_bytes() == good and not list(tmp_path.glob(".*tmp*"))

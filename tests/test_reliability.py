@@ -551,3 +551,19 @@ def test_errors_from_dataloader_workers_and_interrupts_read_as_one_line():
                          "float32 array, got a str")
     assert one_line(wrapped) == "bad.dat: expected a float32 array, got a str"
     assert one_line(ValueError("plain message\nmore")) == "plain message"
+
+
+@pytest.mark.slow
+def test_a_bad_sample_in_a_dataloader_worker_reads_as_the_same_one_line(tmp_path, tiny_data, tiny_checkpoint):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    first = (data / "test_list.txt").read_text().split()[0]
+    bad = data / first.replace("Data/ShapeNetP2M/", "")
+    bad.write_bytes(b"\x80\x04not a pickle at all")
+    for workers in ("0", "1"):
+        result = cli("eval", "--checkpoint", tiny_checkpoint, "--data", data, "--workers", workers, "--no-quality")
+        assert result.returncode != 0
+        errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and bad.name in errors[0] and "DataLoader worker" not in errors[0], result.stderr
