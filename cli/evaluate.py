@@ -29,7 +29,7 @@ log = logging.getLogger("p2m_geo.cli.eval")
 @click.option("--smooth", type=click.IntRange(min=0), default=0, show_default=True,
               help="Taubin-smooth each predicted mesh with N iterations first (as predict --smooth).")
 @click.option("--quality/--no-quality", default=True, show_default=True,
-              help="Mesh quality: normal consistency, %% self-intersecting faces (open3d), roughness.")
+              help="Mesh quality: normal consistency, % self-intersecting faces (open3d), roughness.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the numbers as JSON.")
 @click.option("--on-bad-sample", type=click.Choice(["fail", "skip"]), default="fail", show_default=True)
 @friendly_errors
