@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import errno
 import functools
-import re
 import logging
+import re
 from typing import Callable
 
 import click

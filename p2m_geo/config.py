@@ -306,9 +306,10 @@ def read_yaml_dict(path: str | Path) -> Dict[str, Any]:
             return super().compose_node(parent, index)
 
     try:
-        if Path(path).stat().st_size > MAX_CONFIG_BYTES:
+        size = Path(path).stat().st_size
+        if size > MAX_CONFIG_BYTES:
             raise ConfigError(f"config: expected a YAML file under {MAX_CONFIG_BYTES // 1024} KiB, "
-                              f"got {Path(path).stat().st_size} bytes in {path}")
+                              f"got {size} bytes in {path}")
         with open(path, "r", encoding="utf-8") as handle:
             values = yaml.load(handle, Loader=NoAliasLoader) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as error:

@@ -330,9 +330,10 @@ class P2MLoss(nn.Module):
         def add(name: str, value: Tensor) -> None:
             terms[name] = terms[name] + value if name in terms else value
 
-        if not all(bool(torch.isfinite(mesh.pos).all()) for mesh in output.meshes):
-            # a diverged prediction: a non-finite total that the trainer skips and counts (the
-            # nearest-neighbour search would fail on it with a message about its own input)
+        if not bool(torch.isfinite(output.meshes[-1].pos).all()):
+            # a diverged prediction (a non-finite level carries into every later one): a non-finite
+            # total that the trainer skips and counts (the nearest-neighbour search would fail on
+            # it with a message about its own input)
             nan = output.meshes[-1].pos.sum() * float("nan")
             return nan, {"chamfer": nan}
         # vertices -> GT nearest neighbours of all three levels in one search of the same GT cloud

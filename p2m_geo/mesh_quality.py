@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from p2m_geo.mesh import graph_mesh
 from p2m_geo.scatter import scatter
 
 __all__ = ["face_normals", "face_adjacency", "dihedral_roughness", "normal_consistency",
@@ -109,15 +110,11 @@ def mesh_quality(mesh, target, num_graphs: int, adjacency: Tensor,
                                                  target.batch, num_graphs, generator=generator),
         "roughness": dihedral_roughness(mesh.pos, mesh.face, adjacency, face_batch, num_graphs),
     }
-    fractions = []
-    for graph in range(num_graphs):
-        if not self_intersection_available():
-            fractions.append(float("nan"))
-            continue
-        vertex_ids = torch.nonzero(mesh.batch == graph).squeeze(1)
-        faces = mesh.face[:, face_batch == graph] - vertex_ids[0]
-        fractions.append(100.0 * self_intersecting_fraction(mesh.pos[vertex_ids].double().cpu().numpy(),
-                                                            faces.t().cpu().numpy()))
+    fractions = [float("nan")] * num_graphs
+    if self_intersection_available():
+        for graph in range(num_graphs):
+            vertices, faces = graph_mesh(mesh, graph)
+            fractions[graph] = 100.0 * self_intersecting_fraction(vertices.double().cpu().numpy(), faces.cpu().numpy())
     values["self_intersecting"] = torch.tensor(fractions, dtype=mesh.pos.dtype, device=mesh.pos.device)
     return values
 
@@ -138,12 +135,10 @@ def smooth_batch(mesh, iterations: int):
     import copy
 
     smoothed = copy.copy(mesh)
-    pos = mesh.pos.detach().cpu().double().numpy().copy()
-    face_batch = mesh.batch[mesh.face[0]].cpu()
-    faces = mesh.face.cpu()
+    pos = mesh.pos.detach().clone()
     for graph in range(int(mesh.batch.max()) + 1):
-        vertex_ids = torch.nonzero(mesh.batch.cpu() == graph).squeeze(1).numpy()
-        graph_faces = (faces[:, face_batch == graph] - int(vertex_ids[0])).t().numpy()
-        pos[vertex_ids] = taubin_smooth(pos[vertex_ids], graph_faces, iterations)
-    smoothed.pos = torch.from_numpy(pos).to(mesh.pos.dtype).to(mesh.pos.device)
+        vertices, faces = graph_mesh(mesh, graph)
+        result = taubin_smooth(vertices.detach().double().cpu().numpy(), faces.cpu().numpy(), iterations)
+        pos[mesh.batch == graph] = torch.from_numpy(result).to(pos.dtype).to(pos.device)
+    smoothed.pos = pos
     return smoothed
