@@ -5,10 +5,10 @@ Implementations of the regularisers compared, all vectorised:
              (8 neighbour slots), gathered with index_select; per-graph means by reshape
   edgeindex  this project's default in training: p2m_geo.losses with the Laplacian on the
              cached, column-sorted PyG EdgeIndex the model attaches (CSR product), edge and
-             normal terms scattered by index_add_
-  index_add  p2m_geo.losses on a plain edge_index, scatter by index_add_ (default backend)
-  pyg        the same functions with torch_geometric.utils.scatter
-  torch_scatter   the same functions on the torch_scatter backend (if installed)
+             normal terms by torch_geometric.utils.scatter
+  pyg        p2m_geo.losses on a plain edge_index (torch_geometric.utils.scatter, the library's)
+  index_add  the same functions with their scatter swapped for index_add_ + bincount
+  torch_scatter   the same functions with torch_scatter.scatter swapped in (if installed)
   sparse     block-diagonal row-normalised adjacency as torch.sparse CSR, L p = p - A p
 
 Chamfer: p2m_geo.losses.chamfer_distance (KD-tree and chunked matmul searches) vs a dense
@@ -16,6 +16,7 @@ torch.cdist on padded batches.
 
 Usage: python benchmarks/bm_losses.py [--quick] [--device cpu|cuda] [--write]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,29 @@ from torch_geometric.utils import to_dense_batch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_description, peak_memory_bytes, time_call, report  # noqa: E402
 
-from p2m_geo import losses, scatter as scatter_backend  # noqa: E402
+from p2m_geo import losses  # noqa: E402
 from p2m_geo.mesh import ellipsoid_hierarchy  # noqa: E402
+
+
+def _index_add_scatter(src, index, dim=0, dim_size=None, reduce="sum"):
+    """``torch_geometric.utils.scatter``'s contract (dim 0, sum/mean) by ``index_add_`` + ``bincount``."""
+    out = src.new_zeros((dim_size,) + tuple(src.shape[1:])).index_add_(0, index, src)
+    if reduce == "mean":
+        count = torch.bincount(index, minlength=dim_size).clamp_min_(1).to(src.dtype)
+        out = out / count.view((-1,) + (1,) * (src.dim() - 1))
+    return out
+
+
+#: scatter implementations swapped into p2m_geo.losses for the comparison (the library uses PyG's)
+SCATTERS = {"pyg": losses.scatter, "index_add": _index_add_scatter}
+try:
+    import torch_scatter
+
+    SCATTERS["torch_scatter"] = lambda src, index, dim=0, dim_size=None, reduce="sum": torch_scatter.scatter(
+        src, index, dim=dim, dim_size=dim_size, reduce=reduce
+    )
+except ImportError:
+    pass
 
 log = logging.getLogger("bm_losses")
 MAX_NEIGHBOURS = 8
@@ -78,17 +100,19 @@ class Problem:
     def regularisers(self, impl: str, pos: torch.Tensor, terms: str = "all") -> torch.Tensor:
         """``terms='laplacian'``: the Laplacian loss alone; ``'all'``: Laplacian + edge + normal."""
         b = self.batch
-        if impl in scatter_backend.BACKENDS or impl == "edgeindex":
-            scatter_backend.set_scatter_backend("index_add" if impl == "edgeindex" else impl)
+        if impl in SCATTERS or impl == "edgeindex":
+            losses.scatter = SCATTERS.get(impl, SCATTERS["pyg"])  # benchmark-only swap
             neighbours = self.edge_index_csr if impl == "edgeindex" else b.edge_index
             try:
                 value = losses.laplacian_loss(self.before, pos, neighbours, b.batch, self.num_graphs)
                 if terms == "all":  # as P2MLoss computes them: one gather of the edge vectors
-                    edge, normal = losses.edge_and_normal_losses(pos, b.edge_index, b.batch, self.normals, self.num_graphs)
+                    edge, normal = losses.edge_and_normal_losses(
+                        pos, b.edge_index, b.batch, self.normals, self.num_graphs
+                    )
                     value = value + edge + normal
                 return value
             finally:
-                scatter_backend.set_scatter_backend("index_add")
+                losses.scatter = SCATTERS["pyg"]
         shape = (self.num_graphs, self.num_nodes)
         displacement = pos - self.before
         if impl == "padded":
@@ -113,9 +137,15 @@ class Problem:
 
 
 def regulariser_rows(levels, batch_sizes, device, repeats) -> str:
-    impls = ["padded", "edgeindex", "index_add", "pyg"] + (["torch_scatter"] if scatter_backend.torch_scatter_available() else []) + ["sparse"]
-    rows = ["| terms | level (V) | B | implementation | fwd ms (IQR) | fwd+bwd ms (IQR) | saved/peak MB | max abs grad err vs float64 | bit-identical grads |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    impls = (
+        ["padded", "edgeindex", "index_add", "pyg"]
+        + (["torch_scatter"] if "torch_scatter" in SCATTERS else [])
+        + ["sparse"]
+    )
+    rows = [
+        "| terms | level (V) | B | implementation | fwd ms (IQR) | fwd+bwd ms (IQR) | saved/peak MB | max abs grad err vs float64 | bit-identical grads |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for terms, level, batch_size in [(t, lv, bs) for t in ("laplacian", "all") for lv in levels for bs in batch_sizes]:
         problem = Problem(level, batch_size, device)
         ref = Problem(level, batch_size, device, dtype=torch.float64)
@@ -168,17 +198,24 @@ def chamfer_rows(batch_sizes, device, repeats, gt_points: int = 9000) -> str:
     rows = ["| B | implementation | fwd+bwd ms (IQR) | saved/peak MB |", "|---|---|---|---|"]
     for batch_size in batch_sizes:
         generator = torch.Generator().manual_seed(1)
-        x = (template.pos.repeat(batch_size, 1) + 0.02 * torch.randn(batch_size * template.num_nodes, 3, generator=generator)).to(device)
+        x = (
+            template.pos.repeat(batch_size, 1)
+            + 0.02 * torch.randn(batch_size * template.num_nodes, 3, generator=generator)
+        ).to(device)
         xb = torch.arange(batch_size).repeat_interleave(template.num_nodes).to(device)
         y = (0.3 * torch.randn(batch_size * gt_points, 3, generator=generator) + torch.tensor([0, 0, -0.8])).to(device)
         yb = torch.arange(batch_size).repeat_interleave(gt_points).to(device)
         x = x.requires_grad_(True)
         implementations = {
-            "p2m_geo matmul (chunked)": lambda: sum(losses.chamfer_distance(x, xb, y, yb, batch_size, nearest="matmul")[:2]),
+            "p2m_geo matmul (chunked)": lambda: sum(
+                losses.chamfer_distance(x, xb, y, yb, batch_size, search="matmul")[:2]
+            ),
             "dense torch.cdist": lambda: dense_cdist_chamfer(x, xb, y, yb, batch_size),
         }
-        if device.type == "cpu" and losses._scipy_kdtree() is not None:
-            implementations["p2m_geo kdtree"] = lambda: sum(losses.chamfer_distance(x, xb, y, yb, batch_size, nearest="kdtree")[:2])
+        if device.type == "cpu":
+            implementations["p2m_geo kdtree"] = lambda: sum(
+                losses.chamfer_distance(x, xb, y, yb, batch_size, search="kdtree")[:2]
+            )
         values = {name: fn().item() for name, fn in implementations.items()}
         reference = values["dense torch.cdist"]
         for name, value in values.items():

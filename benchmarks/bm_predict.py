@@ -5,6 +5,7 @@ Usage: python benchmarks/bm_predict.py [--preset full|cpu-quick] [--quick] [--am
        [--no-channels-last] [--batch N] [--write]
 On a GPU: python benchmarks/bm_predict.py --device cuda --amp --compile --batch 128 --write
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_description, mode_label, report, time_call  # noqa: E402
 
-from p2m_geo.allocator import keep_freed_cpu_memory  # noqa: E402
+from p2m_geo.runtime import setup_runtime  # noqa: E402
 from p2m_geo.camera import default_intrinsics  # noqa: E402
 from p2m_geo.checkpoint import save_checkpoint  # noqa: E402
 from p2m_geo.config import Config, from_dict, preset_dict, to_dict  # noqa: E402
@@ -45,12 +46,10 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     repeats = 3 if args.quick else 10
     batch = 8 if args.quick else args.batch
-    device = torch.device(args.device)
-    if device.type == "cpu":
-        keep_freed_cpu_memory()  # as p2m-geo train and eval do
+    runtime = setup_runtime(args.device, channels_last=args.channels_last)  # as p2m-geo train and eval
+    device = runtime.device
     config = from_dict(Config, preset_dict(args.preset))
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    model = Pixel2Mesh(config.model).to(device, memory_format=memory_format).eval()
+    model = runtime.place(Pixel2Mesh(config.model)).eval()
     if args.compile:
         model.compile_submodules()
 
@@ -70,15 +69,28 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "model.pt"
         save_checkpoint(checkpoint, {"model_config": to_dict(config.model), "model": model.cpu().state_dict()})
-        command = [sys.executable, "-m", "p2m_geo.cli.main", "predict", str(EXAMPLE), "-o", str(Path(tmp) / "out.ply"),
-                   "--checkpoint", str(checkpoint), "--device", args.device]
+        command = [
+            sys.executable,
+            "-m",
+            "p2m_geo.cli.main",
+            "predict",
+            str(EXAMPLE),
+            "-o",
+            str(Path(tmp) / "out.ply"),
+            "--checkpoint",
+            str(checkpoint),
+            "--device",
+            args.device,
+        ]
         for _ in range(3 if args.quick else 5):
             start = time.perf_counter()
             subprocess.run(command, check=True, capture_output=True)
             process.append(time.perf_counter() - start)
     process_s = statistics.median(process)
     log.info("whole predict process: %.2f s", process_s)
-    mode = mode_label([("bf16 autocast", args.amp), ("torch.compile", args.compile), ("channels-last", args.channels_last)])
+    mode = mode_label(
+        [("bf16 autocast", args.amp), ("torch.compile", args.compile), ("channels-last", args.channels_last)]
+    )
     body = (
         f"Machine: {machine_description(device)}\n\nPreset `{args.preset}` (random weights), {mode}; the predict "
         f"process runs the CLI defaults (fp32, channels-last, eager).\n\n"

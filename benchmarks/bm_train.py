@@ -10,6 +10,7 @@ Usage: python benchmarks/bm_train.py [--preset full|cpu-quick] [--batch-sizes 1 
        [--amp] [--compile] [--no-channels-last] [--workers N] [--write]
 On a GPU: python benchmarks/bm_train.py --device cuda --amp --compile --batch-sizes 1 8 32 64 128 --write
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,10 +28,10 @@ from torch_geometric.data import Batch, Data
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_description, mode_label, report, synchronize  # noqa: E402
 
-from p2m_geo.allocator import keep_freed_cpu_memory  # noqa: E402
+from p2m_geo.runtime import setup_runtime  # noqa: E402
 from p2m_geo.camera import default_intrinsics  # noqa: E402
 from p2m_geo.config import Config, from_dict, preset_dict  # noqa: E402
-from p2m_geo.engine import build_optimizer  # noqa: E402
+from p2m_geo.training import build_optimizer  # noqa: E402
 from p2m_geo.losses import P2MLoss  # noqa: E402
 from p2m_geo.models import Pixel2Mesh  # noqa: E402
 
@@ -57,11 +58,15 @@ def matmul_peak_gflops(device: torch.device, size: int = 2048, repeats: int = 10
 def synthetic_batch(batch_size: int, device: torch.device, gt_points: int = 9000):
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(batch_size, 3, 224, 224, generator=generator)
-    target = Batch.from_data_list([
-        Data(pos=torch.randn(gt_points, 3, generator=generator) * 0.15 + torch.tensor([0.0, 0.0, -0.8]),
-             normal=torch.nn.functional.normalize(torch.randn(gt_points, 3, generator=generator), dim=1))
-        for _ in range(batch_size)
-    ])
+    target = Batch.from_data_list(
+        [
+            Data(
+                pos=torch.randn(gt_points, 3, generator=generator) * 0.15 + torch.tensor([0.0, 0.0, -0.8]),
+                normal=torch.nn.functional.normalize(torch.randn(gt_points, 3, generator=generator), dim=1),
+            )
+            for _ in range(batch_size)
+        ]
+    )
     return images.to(device), default_intrinsics(batch_size, device=device), target.to(device)
 
 
@@ -98,8 +103,16 @@ def train_step(model, loss_fn, optimizer, images, intrinsics, target, amp: bool 
         optimizer.step()
 
 
-def measure(config: Config, batch_size: int, device: torch.device, steps: int, peak: float, amp: bool = False,
-            compile_model: bool = False, channels_last: bool = True) -> dict:
+def measure(
+    config: Config,
+    batch_size: int,
+    device: torch.device,
+    steps: int,
+    peak: float,
+    amp: bool = False,
+    compile_model: bool = False,
+    channels_last: bool = True,
+) -> dict:
     torch.manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = Pixel2Mesh(config.model).to(device, memory_format=memory_format).train()
@@ -127,7 +140,9 @@ def measure(config: Config, batch_size: int, device: torch.device, steps: int, p
         synchronize(device)
         times.append(time.perf_counter() - start)
     seconds = sorted(times)[len(times) // 2]
-    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])) as prof:
+    with profile(
+        activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    ) as prof:
         step()
         synchronize(device)
     events = [e for e in prof.key_averages() if e.key in PARTS]
@@ -155,13 +170,16 @@ def data_loading_rate(config: Config, batch_size: int, workers: int, device: tor
     """Samples/s of the training DataLoader alone (decode, resize, collate; pinned and copied to
     ``device`` when it is a GPU), on the cached procedural dataset."""
     from p2m_geo.data import ShapeNetP2M
-    from p2m_geo.engine import DistributedContext, default_data_root, make_loader
+    from p2m_geo.data.factory import default_data_root, make_loader
+    from p2m_geo.runtime import DistributedContext
 
     root = default_data_root(config)
     if not (root / "train_list.txt").is_file():
         return float("nan")
     dataset = ShapeNetP2M(root, root / "train_list.txt")
-    loader = make_loader(dataset, batch_size, True, workers, 0, 0, DistributedContext(), pin_memory=device.type == "cuda")
+    loader = make_loader(
+        dataset, batch_size, True, workers, 0, 0, DistributedContext(), pin_memory=device.type == "cuda"
+    )
     iterator = iter(loader)
     next(iterator)
     batches = min(batches, len(loader) - 1)
@@ -182,23 +200,28 @@ def main(argv=None) -> None:
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast for the network (MFU still vs fp32 peak)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder and deformation blocks")
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="NCHW encoder")
-    parser.add_argument("--no-retain-memory", dest="retain_memory", action="store_false",
-                        help="CPU: glibc's default allocator behaviour (train.cpu_retain_memory: false)")
+    parser.add_argument(
+        "--no-retain-memory",
+        dest="retain_memory",
+        action="store_false",
+        help="CPU: glibc's default allocator behaviour (train.cpu_retain_memory: false)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="loader workers for the data-loading measurement")
     parser.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.quick:
         args.preset, args.batch_sizes, args.steps = "cpu-quick", [1, 8], 3
-    device = torch.device(args.device)
-    if device.type == "cpu" and args.retain_memory:
-        keep_freed_cpu_memory()  # as p2m-geo train does by default (train.cpu_retain_memory)
+    # as p2m-geo train does (train.cpu_retain_memory; channels-last is chosen per measurement below)
+    device = setup_runtime(args.device, retain_cpu_memory=args.retain_memory).device
     config = from_dict(Config, preset_dict(args.preset))
     peak = matmul_peak_gflops(device)
     memory = "peak allocated GB" if device.type == "cuda" else "max RSS GB (process)"
-    rows = [f"| B | samples/s | vs B = {min(args.batch_sizes)} | GFLOP/sample | MFU | encoder | projection | G-ResNet | "
-            f"unpooling | losses | backward | optimiser | {memory} | per sample MB |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        f"| B | samples/s | vs B = {min(args.batch_sizes)} | GFLOP/sample | MFU | encoder | projection | G-ResNet | "
+        f"unpooling | losses | backward | optimiser | {memory} | per sample MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     results = []
     for batch_size in sorted(args.batch_sizes):
         r = measure(config, batch_size, device, args.steps, peak, args.amp, args.compile, args.channels_last)
@@ -207,20 +230,32 @@ def main(argv=None) -> None:
         rows.append(
             f"| {batch_size} | {r['samples_per_s']:.2f} | {r['samples_per_s'] / results[0]['samples_per_s']:.2f}x | "
             f"{r['gflop_per_sample']:.1f} | {100 * r['mfu']:.1f}% | "
-            + " | ".join(f"{100 * b[k]:.0f}%" for k in ("encoder", "projection", "gresnet", "unpooling", "losses", "backward", "optimizer"))
+            + " | ".join(
+                f"{100 * b[k]:.0f}%"
+                for k in ("encoder", "projection", "gresnet", "unpooling", "losses", "backward", "optimizer")
+            )
             + f" | {r['peak_memory_gb']:.2f} | {r['peak_memory_gb'] * 1024 / batch_size:.0f} |"
         )
         log.info(rows[-1])
     best = max(results, key=lambda r: r["samples_per_s"])
     loading = data_loading_rate(config, best["batch"], args.workers, device)
-    mode = mode_label([("bf16 autocast", args.amp), ("torch.compile", args.compile), ("channels-last", args.channels_last),
-                       ("default allocator", device.type == "cpu" and not args.retain_memory)])
-    compile_note = f" Compilation took {max(r['compile_seconds'] for r in results):.0f} s (excluded)." if args.compile else ""
+    mode = mode_label(
+        [
+            ("bf16 autocast", args.amp),
+            ("torch.compile", args.compile),
+            ("channels-last", args.channels_last),
+            ("default allocator", device.type == "cpu" and not args.retain_memory),
+        ]
+    )
+    compile_note = (
+        f" Compilation took {max(r['compile_seconds'] for r in results):.0f} s (excluded)." if args.compile else ""
+    )
     body = (
         f"Machine: {machine_description(device)}\n\nPreset `{args.preset}`, {mode}, synthetic inputs (9000 GT points per "
         f"sample); fp32 matmul peak measured in this run: {peak:.0f} GFLOP/s. Breakdown = share of profiled "
         f"{'GPU' if device.type == 'cuda' else 'CPU'} time (forward parts; backward and optimiser as whole phases)."
-        f"{compile_note}\n\n" + "\n".join(rows)
+        f"{compile_note}\n\n"
+        + "\n".join(rows)
         + f"\n\nBest: {best['samples_per_s']:.1f} samples/s at B = {best['batch']}. Data loading alone (procedural "
         f"dataset, {args.workers} workers, B = {best['batch']}{', pinned, copied to the GPU' if device.type == 'cuda' else ''}): "
         f"{loading:.0f} samples/s, {loading / best['samples_per_s']:.1f}x the training step.\n"

@@ -1,4 +1,5 @@
 """Shared helpers of the benchmark scripts: timing, memory, machine description, RESULTS.md."""
+
 from __future__ import annotations
 
 import datetime

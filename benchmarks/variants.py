@@ -15,6 +15,7 @@ same per training sample (the image branch adds its decoder in epoch 1).
     python benchmarks/variants.py run --out round1 --only base,image-branch,lr-1e-3,...   # README round 1
     python benchmarks/variants.py run --out round2 --epochs 6 --milestones 5 --only base,fnc-1e-3,...
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,27 +52,41 @@ VARIANTS: Dict[str, Any] = {
     "image-branch": ("U-Net image branch in epoch 1", _ROUND1),
     "lr-1e-3": ("image branch, lr 1e-3", _with(_ROUND1, {"train": {"lr": 1e-3}})),
     "lr-2e-4": ("image branch, lr 2e-4", _with(_ROUND1, {"train": {"lr": 2e-4}})),
-    "lr-1e-3-cosine": ("image branch, lr 1e-3, cosine schedule",
-                       _with(_ROUND1, {"train": {"lr": 1e-3, "lr_schedule": "cosine"}})),
+    "lr-1e-3-cosine": (
+        "image branch, lr 1e-3, cosine schedule",
+        _with(_ROUND1, {"train": {"lr": 1e-3, "lr_schedule": "cosine"}}),
+    ),
     "edge-x3": ("image branch, edge weight x3 (0.3)", _with(_ROUND1, {"loss": {"edge": 0.3}})),
     "edge-x10": ("image branch, edge weight x10 (1.0)", _with(_ROUND1, {"loss": {"edge": 1.0}})),
     "lap-x3": ("image branch, Laplacian weight x3 (1.5)", _with(_ROUND1, {"loss": {"laplacian": 1.5}})),
     "normal-x10": ("image branch, normal weight x10", _with(_ROUND1, {"loss": {"normal": 5.0 / 3000}})),
-    "anneal-x10": ("image branch, edge + Laplacian x10 in epoch 1, annealed to x1 by epoch 5",
-                   _with(_ROUND1, {"loss": {"regulariser_start": 10.0, "regulariser_anneal_epochs": 4}})),
+    "anneal-x10": (
+        "image branch, edge + Laplacian x10 in epoch 1, annealed to x1 by epoch 5",
+        _with(_ROUND1, {"loss": {"regulariser_start": 10.0, "regulariser_anneal_epochs": 4}}),
+    ),
     "tanh-0.1": ("image branch, offsets bounded by 0.1 tanh", _with(_ROUND1, {"model": {"offset_bound": 0.1}})),
-    "edge-x3-lap-x3": ("image branch, edge x3 + Laplacian x3",
-                       _with(_ROUND1, {"loss": {"edge": 0.3, "laplacian": 1.5}})),
-    "smooth-anneal-tanh": ("image branch, edge x3 + Laplacian x3, x10 annealed, tanh 0.1",
-                           _with(_ROUND1, {"loss": {"edge": 0.3, "laplacian": 1.5, "regulariser_start": 10.0,
-                                                    "regulariser_anneal_epochs": 4},
-                                           "model": {"offset_bound": 0.1}})),
+    "edge-x3-lap-x3": (
+        "image branch, edge x3 + Laplacian x3",
+        _with(_ROUND1, {"loss": {"edge": 0.3, "laplacian": 1.5}}),
+    ),
+    "smooth-anneal-tanh": (
+        "image branch, edge x3 + Laplacian x3, x10 annealed, tanh 0.1",
+        _with(
+            _ROUND1,
+            {
+                "loss": {"edge": 0.3, "laplacian": 1.5, "regulariser_start": 10.0, "regulariser_anneal_epochs": 4},
+                "model": {"offset_bound": 0.1},
+            },
+        ),
+    ),
     "fnc-1e-3": ("adjacent-face normal term 1e-3", _with(_SWEEP, {"loss": {"face_normal": 1e-3}})),
     "fnc-3e-3": ("adjacent-face normal term 3e-3", _with(_SWEEP, {"loss": {"face_normal": 3e-3}})),
     "fnc-1e-2": ("adjacent-face normal term 1e-2", _with(_SWEEP, {"loss": {"face_normal": 1e-2}})),
     "fnc-3e-2": ("adjacent-face normal term 3e-2", _with(_SWEEP, {"loss": {"face_normal": 3e-2}})),
-    "fnc-1e-2-lap-x3": ("adjacent-face normal term 1e-2, Laplacian x3",
-                        _with(_SWEEP, {"loss": {"face_normal": 1e-2, "laplacian": 1.5}})),
+    "fnc-1e-2-lap-x3": (
+        "adjacent-face normal term 1e-2, Laplacian x3",
+        _with(_SWEEP, {"loss": {"face_normal": 1e-2, "laplacian": 1.5}}),
+    ),
 }
 
 
@@ -139,17 +154,33 @@ def report(args) -> None:
         model = model_from_checkpoint(load_checkpoint(path), str(path))
         result = evaluate(model, loader, torch.device("cpu"), baselines=("blank",), quality="all")
         mean = result.tables["model"]["mean"] | result.quality["mean"]
-        rows.append({"variant": run_dir.name, "what": VARIANTS[run_dir.name][0], **mean,
-                     "blank_f": result.tables["blank"]["mean"]["f@0.0001"], "sensitivity": result.image_sensitivity})
+        rows.append(
+            {
+                "variant": run_dir.name,
+                "what": VARIANTS[run_dir.name][0],
+                **mean,
+                "blank_f": result.tables["blank"]["mean"]["f@0.0001"],
+                "sensitivity": result.image_sensitivity,
+            }
+        )
         logging.info("%s: %s", run_dir.name, rows[-1])
-    columns = [("F@τ %", "f@0.0001", 1), ("CD", "cd", 2), ("blank F@τ", "blank_f", 1), ("sens.", "sensitivity", 1),
-               ("NC", "normal_consistency", 3), ("self-int. %", "self_intersecting", 1),
-               ("roughness °", "roughness", 1)]
+    columns = [
+        ("F@τ %", "f@0.0001", 1),
+        ("CD", "cd", 2),
+        ("blank F@τ", "blank_f", 1),
+        ("sens.", "sensitivity", 1),
+        ("NC", "normal_consistency", 3),
+        ("self-int. %", "self_intersecting", 1),
+        ("roughness °", "roughness", 1),
+    ]
     print("| variant | what | " + " | ".join(c[0] for c in columns) + " |")
     print("|---|---|" + "---|" * len(columns))
     for row in rows:
-        print(f"| {row['variant']} | {row['what']} | "
-              + " | ".join(f"{row[key]:.{digits}f}" if key in row else "–" for _, key, digits in columns) + " |")
+        print(
+            f"| {row['variant']} | {row['what']} | "
+            + " | ".join(f"{row[key]:.{digits}f}" if key in row else "–" for _, key, digits in columns)
+            + " |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

@@ -1,4 +1,5 @@
 """``p2m-geo data``: generate, convert and inspect datasets."""
+
 from __future__ import annotations
 
 import logging
@@ -25,21 +26,38 @@ def data() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Processes.")
 @click.option("--categories", default="all", show_default=True, help="Comma-separated class names, or 'all'.")
-@click.option("--contact-sheet", "sheet", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write a PNG with one row per class.")
+@click.option(
+    "--version",
+    "version",
+    type=click.Choice(["1", "2"]),
+    default="2",
+    show_default=True,
+    help="Dataset version: 2 = curved shapes, palette colours, textures, random lighting; 1 = flat-shaded primitives.",
+)
+@click.option(
+    "--contact-sheet",
+    "sheet",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write a PNG with one row per class.",
+)
 @friendly_errors
-def synth(out: Path, per_class: int, views: int, seed: int, workers: int, categories: str, sheet: Path | None) -> None:
+def synth(
+    out: Path, per_class: int, views: int, seed: int, workers: int, categories: str, version: str, sheet: Path | None
+) -> None:
     """Generate the procedural 13-class dataset into OUT (ShapeNetP2M layout)."""
     from p2m_geo.data.synth import CATEGORIES, SynthSpec, contact_sheet, generate_dataset
 
     names = tuple(CATEGORIES) if categories == "all" else tuple(c.strip() for c in categories.split(",") if c.strip())
-    spec = SynthSpec(per_class=per_class, views=views, seed=seed, categories=names)
+    spec = SynthSpec(per_class=per_class, views=views, seed=seed, categories=names, version=int(version))
     total = len(names) * per_class * views
     start = time.perf_counter()
     with tqdm(total=total, unit="view", desc="synth") as bar:
         counts = generate_dataset(out, spec, workers=workers, progress=bar.update)
     elapsed = time.perf_counter() - start
-    log.info("wrote %d train / %d test views to %s (%.1f views/s)", counts["train"], counts["test"], out, total / elapsed)
+    log.info(
+        "wrote %d train / %d test views to %s (%.1f views/s)", counts["train"], counts["test"], out, total / elapsed
+    )
     if sheet is not None:
         log.info("contact sheet: %s", contact_sheet(out, sheet))
 
@@ -91,8 +109,9 @@ def mesh_quality_command(meshes) -> None:
         if len(faces) == 0:
             raise click.BadParameter(f"expected a triangle mesh, got no faces in {path}", param_hint="MESHES")
         face = torch.from_numpy(faces).t().long()
-        roughness = dihedral_roughness(torch.from_numpy(vertices), face, face_adjacency(face),
-                                       torch.zeros(face.size(1), dtype=torch.long), 1).item()
+        roughness = dihedral_roughness(
+            torch.from_numpy(vertices), face, face_adjacency(face), torch.zeros(face.size(1), dtype=torch.long), 1
+        ).item()
         fractions.append(100 * self_intersecting_fraction(vertices, faces))
         clouds.append(torch.from_numpy(vertices))
         click.echo(f"| {path.name} | {len(vertices)} | {len(faces)} | {fractions[-1]:.2f} | {roughness:.1f} |")
@@ -100,5 +119,7 @@ def mesh_quality_command(meshes) -> None:
     if len(clouds) > 1 and len({len(c) for c in clouds}) == 1:
         from p2m_geo.metrics import image_sensitivity
 
-        click.echo(f"mean pairwise CD x1000 between these meshes' vertices (predictions for different images: "
-                   f"0 = the same mesh for all): {image_sensitivity(torch.stack(clouds)):.3f}")
+        click.echo(
+            f"mean pairwise CD x1000 between these meshes' vertices (predictions for different images: "
+            f"0 = the same mesh for all): {image_sensitivity(torch.stack(clouds)):.3f}"
+        )

@@ -1,4 +1,5 @@
 """Turn expected failures into one-line CLI errors (tracebacks only with ``--debug``)."""
+
 from __future__ import annotations
 
 import errno
@@ -50,3 +51,20 @@ def friendly_errors(command: Callable) -> Callable:
             raise click.ClickException(message) from None
 
     return wrapper
+
+
+class RegistryChoice(click.Choice):
+    """A ``click.Choice`` whose names are read from a registry each time (so an encoder
+    registered after import is accepted)."""
+
+    def __init__(self, names: Callable[[], tuple]) -> None:
+        self._names = names
+        super().__init__(list(names()))
+
+    @property
+    def choices(self):  # type: ignore[override]
+        return list(self._names())
+
+    @choices.setter
+    def choices(self, value) -> None:
+        pass

@@ -1,4 +1,5 @@
 """``p2m-geo``: the command-line entry point."""
+
 from __future__ import annotations
 
 import logging
@@ -13,6 +14,8 @@ warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", c
 warnings.filterwarnings("ignore", message=r"Sparse (invariant checks|CSC tensor support)", category=UserWarning)
 
 from p2m_geo import __version__
+from p2m_geo.cli.errors import RegistryChoice
+from p2m_geo.models.encoders import encoder_names
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,7 +35,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 @cli.command()
 @click.option("--hidden", type=int, default=None, help="G-ResNet width (default 192).")
-@click.option("--backbone", type=click.Choice(["cnn18", "vgg16", "resnet50"]), default="cnn18")
+@click.option("--backbone", type=RegistryChoice(encoder_names), default="cnn18")
 def info(hidden: int | None, backbone: str) -> None:
     """Print versions, the mesh hierarchy and the model's parameter count."""
     import torch
@@ -47,18 +50,18 @@ def info(hidden: int | None, backbone: str) -> None:
     click.echo(f"cuda available: {torch.cuda.is_available()}")
     for level, mesh in enumerate(ellipsoid_hierarchy().levels, start=1):
         click.echo(
-            f"level {level}: {mesh.num_nodes} vertices, {mesh.edge_index.size(1) // 2} edges, "
-            f"{mesh.face.size(1)} faces"
+            f"level {level}: {mesh.num_nodes} vertices, {mesh.edge_index.size(1) // 2} edges, {mesh.face.size(1)} faces"
         )
     click.echo(f"parameters ({backbone}, hidden {config.hidden}): {sum(p.numel() for p in model.parameters()):,}")
 
 
 from p2m_geo.cli.data import data  # noqa: E402
 from p2m_geo.cli.evaluate import evaluate_command  # noqa: E402
+from p2m_geo.cli.models import models  # noqa: E402
 from p2m_geo.cli.predict import predict  # noqa: E402
 from p2m_geo.cli.train import train  # noqa: E402
 
-for command in (train, evaluate_command, predict, data):
+for command in (train, evaluate_command, predict, data, models):
     cli.add_command(command)
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """``p2m-geo predict``."""
+
 from __future__ import annotations
 
 import logging
@@ -13,20 +14,39 @@ log = logging.getLogger("p2m_geo.cli.predict")
 MESH_FORMATS = (".ply", ".obj", ".off", ".glb")
 
 
-def newest_best_checkpoint(runs: Path = Path("runs")) -> Path:
+def newest_best_checkpoint(runs: Path = Path("runs")) -> Path | None:
+    """The newest ``runs/*/best.pt``, or None."""
     candidates = sorted(runs.glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
+    return candidates[-1] if candidates else None
+
+
+def choose_checkpoint(checkpoint: Path | None, model_name: str | None) -> tuple:
+    """``(path, how it was chosen)``: --checkpoint, else --model, else the newest
+    runs/*/best.pt, else the default bundled model."""
+    from p2m_geo.pretrained import DEFAULT_MODEL, bundled_path
+
+    if checkpoint is not None and model_name is not None:
+        raise click.UsageError("give --checkpoint or --model, not both")
+    if checkpoint is not None:
+        return checkpoint, "--checkpoint"
+    if model_name is None:
+        newest = newest_best_checkpoint()
+        if newest is not None:
+            return newest, "the newest runs/*/best.pt"
+    try:
+        return bundled_path(model_name or DEFAULT_MODEL), f"bundled model {model_name or DEFAULT_MODEL}"
+    except FileNotFoundError as error:
         raise click.BadParameter(
-            f"expected a checkpoint, got none: no {runs}/*/best.pt here; run `p2m-geo train` first or pass --checkpoint FILE",
-            param_hint="--checkpoint",
-        )
-    return candidates[-1]
+            str(error).split(": ", 1)[1] + "; run `p2m-geo train` or pass --checkpoint FILE", param_hint="--model"
+        ) from None
 
 
 def output_paths(images: List[Path], out: Path) -> List[Path]:
     if len(images) == 1 and out.suffix.lower() in MESH_FORMATS:
         if not out.parent.is_dir():
-            raise click.BadParameter(f"expected an existing folder for {out}, got no such folder: {out.parent}", param_hint="-o")
+            raise click.BadParameter(
+                f"expected an existing folder for {out}, got no such folder: {out.parent}", param_hint="-o"
+            )
         return [out]
     if out.suffix.lower() in MESH_FORMATS:
         raise click.BadParameter(f"expected a folder for {len(images)} images, got a file name {out}", param_hint="-o")
@@ -50,8 +70,9 @@ def check_outputs(images: List[Path], targets: List[Path], all_levels: bool, pre
     resolved = [p.resolve() for p in written]
     if len(set(resolved)) != len(resolved):
         duplicate = next(p for p in written if resolved.count(p.resolve()) > 1)
-        raise click.BadParameter(f"expected distinct output files, got {duplicate} twice (rename an image)",
-                                 param_hint="-o")
+        raise click.BadParameter(
+            f"expected distinct output files, got {duplicate} twice (rename an image)", param_hint="-o"
+        )
     inputs = {p.resolve() for p in images}
     clobbered = [p for p in written if p.resolve() in inputs]
     if clobbered:
@@ -60,34 +81,66 @@ def check_outputs(images: List[Path], targets: List[Path], all_levels: bool, pre
         if preview.suffix.lower() != ".png":
             raise click.BadParameter(f"expected a .png file, got {preview}", param_hint="--preview")
         if preview.resolve() in inputs or preview.resolve() in set(resolved):
-            raise click.BadParameter(f"expected a new file, got {preview}, which is an input or an output of this "
-                                     "command", param_hint="--preview")
+            raise click.BadParameter(
+                f"expected a new file, got {preview}, which is an input or an output of this command",
+                param_hint="--preview",
+            )
         if not preview.parent.is_dir():
-            raise click.BadParameter(f"expected an existing folder for {preview}, got no such folder: "
-                                     f"{preview.parent}", param_hint="--preview")
+            raise click.BadParameter(
+                f"expected an existing folder for {preview}, got no such folder: {preview.parent}",
+                param_hint="--preview",
+            )
     return written
 
 
 @click.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--out", type=click.Path(path_type=Path), required=True,
-              help="Mesh file (.ply/.obj/.off/.glb) for one image, or a folder for several.")
-@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
-              help="Checkpoint [default: the newest runs/*/best.pt].")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Mesh file (.ply/.obj/.off/.glb) for one image, or a folder for several.",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Checkpoint [default: the newest runs/*/best.pt, else the bundled model].",
+)
+@click.option("--model", "model_name", default=None, help="A bundled model by name (see `p2m-geo models`).")
+@click.option(
+    "--focal",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Focal length in pixels of the 224 input [default: 248, the ShapeNet renderings'].",
+)
+@click.option(
+    "--principal",
+    type=(float, float),
+    default=None,
+    metavar="CX CY",
+    help="Principal point in pixels of the 224 input [default: 111.5 111.5].",
+)
 @click.option("--all-levels", is_flag=True, help="Also write the 156- and 618-vertex meshes (_level1, _level2).")
 @click.option("--preview", type=click.Path(dir_okay=False, path_type=Path), help="PNG: input beside the rendered mesh.")
-@click.option("--smooth", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Taubin smoothing iterations on each written mesh (open3d filter_smooth_taubin; 0: off).")
+@click.option(
+    "--smooth",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Taubin smoothing iterations on each written mesh (open3d filter_smooth_taubin; 0: off).",
+)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @friendly_errors
-def predict(images, out, checkpoint, all_levels, preview, smooth, device) -> None:
+def predict(images, out, checkpoint, model_name, focal, principal, all_levels, preview, smooth, device) -> None:
     """Reconstruct a mesh from each image (PNG/JPEG, RGB or RGBA; centre-cropped and resized to 224)."""
     import torch
 
-    from p2m_geo.camera import default_intrinsics
+    from p2m_geo.camera import SHAPENET_CENTER, SHAPENET_FOCAL, default_intrinsics
     from p2m_geo.checkpoint import load_checkpoint, model_from_checkpoint
     from p2m_geo.data.images import load_image
-    from p2m_geo.engine import resolve_device
+    from p2m_geo.runtime import setup_runtime
     from p2m_geo.mesh import graph_mesh
     from p2m_geo.mesh_io import write_mesh
 
@@ -95,16 +148,22 @@ def predict(images, out, checkpoint, all_levels, preview, smooth, device) -> Non
     targets = output_paths(images, out)
     check_outputs(images, targets, all_levels, preview)
     pixels = torch.stack([load_image(p) for p in images])  # fails before any output is written
-    checkpoint = checkpoint or newest_best_checkpoint()
-    torch_device = resolve_device(device)
-    model = model_from_checkpoint(load_checkpoint(checkpoint), str(checkpoint))
-    model = model.to(torch_device, memory_format=torch.channels_last).eval()
+    checkpoint, chosen = choose_checkpoint(checkpoint, model_name)
+    runtime = setup_runtime(device, retain_cpu_memory=False)
+    torch_device = runtime.device
+    model = runtime.place(model_from_checkpoint(load_checkpoint(checkpoint), str(checkpoint))).eval()
+    log.info("model: %s (%s)", checkpoint, chosen)
+    intrinsics = default_intrinsics(
+        len(images), focal or SHAPENET_FOCAL, principal or SHAPENET_CENTER, device=torch_device
+    )
     with torch.no_grad():
-        output = model(pixels.to(torch_device), default_intrinsics(len(images), device=torch_device))
+        output = model(pixels.to(torch_device), intrinsics)
     for level, mesh in enumerate(output.meshes):
         if not bool(torch.isfinite(mesh.pos).all()):
-            raise click.ClickException(f"prediction: expected finite vertices, got NaN/Inf at level {level + 1} "
-                                       f"from {checkpoint}; nothing was written")
+            raise click.ClickException(
+                f"prediction: expected finite vertices, got NaN/Inf at level {level + 1} "
+                f"from {checkpoint}; nothing was written"
+            )
     if targets[0] != out:  # folder mode: create the folder only now that the work is done
         out.mkdir(parents=True, exist_ok=True)
     preview_rows = []
@@ -121,16 +180,11 @@ def predict(images, out, checkpoint, all_levels, preview, smooth, device) -> Non
             write_mesh(path, vertices, faces)
             log.info("wrote %s (%d vertices, %d faces)", path, len(vertices), len(faces))
             if level == 2 and preview is not None:
-                from p2m_geo.render import render_mesh_views
+                from p2m_geo.render import preview_row
 
-                image = (pixels[index].permute(1, 2, 0).numpy() * 255 + 0.5).astype("uint8")
-                preview_rows.append([image] + render_mesh_views(vertices, faces))
+                preview_rows.append(preview_row(pixels[index], vertices, faces))
     if preview is not None:
-        from PIL import Image
+        from p2m_geo.render import write_preview_png
 
-        from p2m_geo.io_utils import atomic_path
-        from p2m_geo.render import side_by_side
-
-        with atomic_path(preview) as tmp:
-            Image.fromarray(side_by_side(preview_rows)).save(tmp, format="PNG")
+        write_preview_png(preview_rows, preview)
         log.info("preview: %s", preview)

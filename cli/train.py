@@ -1,4 +1,5 @@
 """``p2m-geo train``."""
+
 from __future__ import annotations
 
 import datetime
@@ -8,8 +9,9 @@ from typing import Any, Dict, Optional
 
 import click
 
-from p2m_geo.cli.errors import friendly_errors
+from p2m_geo.cli.errors import RegistryChoice, friendly_errors
 from p2m_geo.config import PRESETS
+from p2m_geo.models.encoders import encoder_names
 
 log = logging.getLogger("p2m_geo.cli.train")
 
@@ -27,8 +29,9 @@ def build_config(preset: str, config_file: Optional[Path], overrides: Dict[str, 
     values = preset_dict(preset)
     if config_file is not None:
         values = merge_dicts(values, read_yaml_dict(config_file))
-    values = merge_dicts(values, {section: {k: v for k, v in items.items() if v is not None}
-                                  for section, items in overrides.items()})
+    values = merge_dicts(
+        values, {section: {k: v for k, v in items.items() if v is not None} for section, items in overrides.items()}
+    )
     return from_dict(Config, values)
 
 
@@ -60,19 +63,31 @@ def _fresh_run_dir(out: Path, name: str) -> Path:
 
 
 @click.command()
-@click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
-              help="Architecture + schedule preset [default: full with a GPU, cpu-quick without].")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="YAML config (sections model/loss/train/data); unknown keys are an error.")
-@click.option("--data", "data_root", type=click.Path(file_okay=False, path_type=Path),
-              help="ShapeNetP2M-layout folder [default: the generated procedural dataset].")
+@click.option(
+    "--preset",
+    type=click.Choice(list(PRESETS)),
+    default=None,
+    help="Architecture + schedule preset [default: full with a GPU, cpu-quick without].",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="YAML config (sections model/loss/train/data); unknown keys are an error.",
+)
+@click.option(
+    "--data",
+    "data_root",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="ShapeNetP2M-layout folder [default: the generated procedural dataset].",
+)
 @click.option("--train-list", help="Training file list, relative to --data [default: train_list.txt].")
 @click.option("--val-list", help="Validation file list, relative to --data [default: test_list.txt].")
 @click.option("--epochs", type=click.IntRange(min=1))
 @click.option("--batch-size", type=click.IntRange(min=1))
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True))
 @click.option("--hidden", type=click.IntRange(min=1), help="G-ResNet width (192 / 256).")
-@click.option("--backbone", type=click.Choice(["cnn18", "vgg16", "resnet50"]))
+@click.option("--backbone", type=RegistryChoice(encoder_names))
 @click.option("--backbone-weights", type=click.Path(exists=True, dir_okay=False), help="Local trunk weights file.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--workers", type=click.IntRange(min=0), help="DataLoader worker processes.")
@@ -80,37 +95,88 @@ def _fresh_run_dir(out: Path, name: str) -> Path:
 @click.option("--max-steps", type=click.IntRange(min=0), help="Stop after this many optimiser steps.")
 @click.option("--on-bad-sample", type=click.Choice(["fail", "skip"]))
 @click.option("--amp/--no-amp", default=None, help="bfloat16 autocast for the network (losses stay float32).")
-@click.option("--compile/--no-compile", "compile_model", default=None,
-              help="torch.compile the encoder and deformation blocks (for GPUs).")
+@click.option(
+    "--compile/--no-compile",
+    "compile_model",
+    default=None,
+    help="torch.compile the encoder and deformation blocks (for GPUs).",
+)
 @click.option("--channels-last/--no-channels-last", default=None, help="NHWC encoder convolutions [default: on].")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True,
-              help="Folder that holds the run folders.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs"),
+    show_default=True,
+    help="Folder that holds the run folders.",
+)
 @click.option("--name", help="Run folder name [default: date-time and preset].")
-@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Continue the run in this folder from its last.pt.")
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Continue the run in this folder from its last.pt.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars; warnings only.")
 @friendly_errors
-def train(preset, config_file, data_root, train_list, val_list, epochs, batch_size, lr, hidden, backbone,
-          backbone_weights, device, workers, seed, max_steps, on_bad_sample, amp, compile_model, channels_last,
-          out, name, resume_dir, quiet) -> None:
+def train(
+    preset,
+    config_file,
+    data_root,
+    train_list,
+    val_list,
+    epochs,
+    batch_size,
+    lr,
+    hidden,
+    backbone,
+    backbone_weights,
+    device,
+    workers,
+    seed,
+    max_steps,
+    on_bad_sample,
+    amp,
+    compile_model,
+    channels_last,
+    out,
+    name,
+    resume_dir,
+    quiet,
+) -> None:
     """Train Pixel2Mesh; with no options, on the procedural dataset (generated once, cached)."""
-    from p2m_geo.engine import init_distributed, run_training
+    from p2m_geo.engine import run_training
+    from p2m_geo.runtime import init_distributed
 
     if quiet:
         logging.getLogger().setLevel(logging.WARNING)
     overrides = {
         "model": {"hidden": hidden, "backbone": backbone, "backbone_weights": backbone_weights},
-        "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "device": device, "workers": workers,
-                  "seed": seed, "max_steps": max_steps, "amp": amp,
-                  "compile": compile_model, "channels_last": channels_last},
-        "data": {"root": str(data_root) if data_root else None, "train_list": train_list, "val_list": val_list,
-                 "on_bad_sample": on_bad_sample},
+        "train": {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "device": device,
+            "workers": workers,
+            "seed": seed,
+            "max_steps": max_steps,
+            "amp": amp,
+            "compile": compile_model,
+            "channels_last": channels_last,
+        },
+        "data": {
+            "root": str(data_root) if data_root else None,
+            "train_list": train_list,
+            "val_list": val_list,
+            "on_bad_sample": on_bad_sample,
+        },
     }
     if resume_dir is not None:
         if preset is not None or config_file is not None:
             raise click.UsageError("--resume takes the run's own config.yaml; do not combine it with --preset/--config")
         if not (resume_dir / "last.pt").is_file():
-            raise click.BadParameter(f"expected {resume_dir / 'last.pt'} to exist, got no such file", param_hint="--resume")
+            raise click.BadParameter(
+                f"expected {resume_dir / 'last.pt'} to exist, got no such file", param_hint="--resume"
+            )
         config = build_config("full", resume_dir / "config.yaml", overrides)
         run_dir = resume_dir
     else:
@@ -119,8 +185,11 @@ def train(preset, config_file, data_root, train_list, val_list, epochs, batch_si
         if name:
             run_dir = out / name
             if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-                raise click.BadParameter(f"expected a new or empty run folder, got {run_dir}, which holds files "
-                                         f"(use --resume {run_dir} or another --name)", param_hint="--name")
+                raise click.BadParameter(
+                    f"expected a new or empty run folder, got {run_dir}, which holds files "
+                    f"(use --resume {run_dir} or another --name)",
+                    param_hint="--name",
+                )
         else:
             run_dir = _new_run_dir(out, preset, init_distributed(config.train.device))
     log.info("run folder: %s", run_dir)
@@ -129,5 +198,7 @@ def train(preset, config_file, data_root, train_list, val_list, epochs, batch_si
     except KeyboardInterrupt:
         raise click.ClickException(f"interrupted; resume with --resume {run_dir}") from None
     if row and "val_cd" in row:
-        click.echo(f"{run_dir}: epoch {row['epoch']}, val CD {row.get('val_cd', float('nan')):.3f}, "
-                   f"F@1e-4 {row.get('val_f@0.0001', float('nan')):.2f}%")
+        click.echo(
+            f"{run_dir}: epoch {row['epoch']}, val CD {row.get('val_cd', float('nan')):.3f}, "
+            f"F@1e-4 {row.get('val_f@0.0001', float('nan')):.2f}%"
+        )

@@ -12,6 +12,7 @@ subdivision, and the script checks that the edges it derives are the original's
 unpooling pairs as sets before adopting the original order. The original
 ``face2.obj`` / ``face3.obj`` (inconsistently oriented) are not used.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,10 +22,84 @@ from pathlib import Path
 
 import numpy as np
 
-from p2m_geo.mesh import orient_faces_outward, subdivide, undirected_edges
 from p2m_geo.safe_pickle import restricted_load
 
 DEFAULT_OUT = Path(__file__).with_name("ellipsoid.npz")
+
+
+# ------------------------------------------------------------------ build-time mesh helpers
+def undirected_edges(face: np.ndarray) -> np.ndarray:
+    """Unique undirected edges ``[E,2]`` (``i < j``, sorted) of triangles ``face [F,3]``."""
+    pairs = np.concatenate([face[:, [0, 1]], face[:, [1, 2]], face[:, [2, 0]]])
+    pairs = np.sort(pairs, axis=1)
+    return np.unique(pairs, axis=0)
+
+
+def subdivide(pos: np.ndarray, face: np.ndarray, edges: np.ndarray):
+    """Midpoint subdivision that keeps face orientation.
+
+    Args:
+        pos: vertex coordinates ``[V,3]``.
+        face: triangles ``[F,3]``.
+        edges: the undirected edges ``[E,2]`` of ``face``; new vertex ``V + e`` is the
+            midpoint of ``edges[e]``.
+
+    Returns:
+        ``(pos [V+E,3], face [4F,3])``.
+    """
+    num_vertices = len(pos)
+    lookup = {}
+    for e, (i, j) in enumerate(edges):
+        lookup[(int(i), int(j))] = lookup[(int(j), int(i))] = num_vertices + e
+    if len(lookup) != 2 * len(edges):
+        raise ValueError("edges: expected unique undirected edges, got duplicates")
+    new_faces = []
+    for a, b, c in face.tolist():
+        ab, bc, ca = lookup[(a, b)], lookup[(b, c)], lookup[(c, a)]
+        new_faces += [(a, ab, ca), (ab, b, bc), (ca, bc, c), (ab, bc, ca)]
+    new_pos = np.concatenate([pos, 0.5 * (pos[edges[:, 0]] + pos[edges[:, 1]])])
+    return new_pos.astype(pos.dtype), np.asarray(new_faces, dtype=np.int64)
+
+
+def signed_volume(pos: np.ndarray, face: np.ndarray) -> float:
+    r"""Signed volume :math:`\frac16\sum_f \langle p_a, p_b \times p_c\rangle` (> 0 when outward)."""
+    a, b, c = (pos[face[:, k]].astype(np.float64) for k in range(3))
+    return float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0)
+
+
+def orient_faces_outward(pos: np.ndarray, face: np.ndarray) -> np.ndarray:
+    """Re-orient a closed, connected manifold triangle mesh consistently and outward.
+
+    Walks faces breadth-first across shared edges so each neighbour traverses the shared
+    edge in the opposite direction, then flips everything if the signed volume is negative.
+    """
+    face = face.copy()
+    edge_faces: dict = {}
+    for f, (a, b, c) in enumerate(face.tolist()):
+        for i, j in ((a, b), (b, c), (c, a)):
+            edge_faces.setdefault((min(i, j), max(i, j)), []).append(f)
+    if any(len(fs) != 2 for fs in edge_faces.values()):
+        raise ValueError("face: expected a closed manifold mesh (every edge in two faces)")
+    visited = np.zeros(len(face), dtype=bool)
+    visited[0] = True
+    queue = [0]
+    while queue:
+        f = queue.pop()
+        a, b, c = face[f]
+        for i, j in ((a, b), (b, c), (c, a)):
+            for g in edge_faces[(min(i, j), max(i, j))]:
+                if visited[g]:
+                    continue
+                directed = {(face[g][k], face[g][(k + 1) % 3]) for k in range(3)}
+                if (i, j) in directed:  # same direction as f: flip g
+                    face[g] = face[g][::-1]
+                visited[g] = True
+                queue.append(g)
+    if not visited.all():
+        raise ValueError("face: expected a connected mesh")
+    if signed_volume(pos, face) < 0:
+        face = face[:, ::-1].copy()
+    return face
 
 
 def load_info_ellipsoid(path: str | os.PathLike) -> dict:
@@ -52,9 +127,7 @@ def load_info_ellipsoid(path: str | os.PathLike) -> dict:
 def _in_original_order(derived: np.ndarray, original: np.ndarray) -> np.ndarray:
     """``original`` pairs (sorted i<j) after checking they are the same set as ``derived``."""
     original = np.sort(original, axis=1)
-    if len(original) != len(derived) or set(map(tuple, original.tolist())) != set(
-        map(tuple, derived.tolist())
-    ):
+    if len(original) != len(derived) or set(map(tuple, original.tolist())) != set(map(tuple, derived.tolist())):
         raise ValueError("unpooling pairs of the original differ from the derived edges")
     return original
 

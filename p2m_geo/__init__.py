@@ -3,6 +3,7 @@
 The top-level names are imported lazily, so ``import p2m_geo`` (and the CLI's start-up)
 does not pay for torch / torch_geometric until a model or config is used.
 """
+
 from typing import Any
 
 __version__ = "0.1.0"

@@ -1,4 +1,5 @@
 """CPU memory allocator setting for training and batched inference."""
+
 from __future__ import annotations
 
 import ctypes

@@ -10,9 +10,10 @@ of the 224 x 224 network input, with :math:`u` to the right and :math:`v` down, 
 :math:`(i, j)` having its centre at :math:`u = i, v = j`. ShapeNet renderings (35 mm lens
 on a 32 mm sensor, 137 px resized to 224) give :math:`f \approx 248`, :math:`c = 111.5`.
 """
+
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -29,14 +30,14 @@ MIN_DEPTH = 1e-4
 def default_intrinsics(
     batch_size: int,
     focal: float = SHAPENET_FOCAL,
-    center: float = SHAPENET_CENTER,
+    center: Union[float, Tuple[float, float]] = SHAPENET_CENTER,
     device: Optional[torch.device] = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """``[B,3,3]`` intrinsics ``[[f,0,c],[0,f,c],[0,0,1]]`` of the ShapeNet renderings."""
-    matrix = torch.tensor(
-        [[focal, 0.0, center], [0.0, focal, center], [0.0, 0.0, 1.0]], device=device, dtype=dtype
-    )
+    """``[B,3,3]`` intrinsics ``[[f,0,c_x],[0,f,c_y],[0,0,1]]`` (default: the ShapeNet
+    renderings'); ``center`` is one number for both axes or ``(c_x, c_y)``."""
+    cx, cy = (center, center) if isinstance(center, (int, float)) else center
+    matrix = torch.tensor([[focal, 0.0, cx], [0.0, focal, cy], [0.0, 0.0, 1.0]], device=device, dtype=dtype)
     return matrix.expand(batch_size, 3, 3).clone()
 
 

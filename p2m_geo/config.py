@@ -4,17 +4,31 @@ Every field has its default documented in place. Loading rejects unknown keys wi
 error that names the key and its section, so a typo never silently falls back to a
 default.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Type, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Dict, Optional, Type, TypeVar, Union, get_args, get_origin, get_type_hints
+
+from p2m_geo.presets import PRESETS
 
 __all__ = [
-    "ConfigError", "ModelConfig", "LossWeights", "TrainConfig", "DataConfig", "Config", "PRESETS",
-    "preset_dict", "merge_dicts", "from_dict", "to_dict", "load_yaml", "read_yaml_dict",
+    "ConfigError",
+    "ModelConfig",
+    "LossWeights",
+    "TrainConfig",
+    "DataConfig",
+    "Config",
+    "PRESETS",
+    "preset_dict",
+    "merge_dicts",
+    "from_dict",
+    "to_dict",
+    "load_yaml",
+    "read_yaml_dict",
 ]
 
 T = TypeVar("T")
@@ -78,9 +92,14 @@ def _check_ranges(section: str, instance: Any, rules: Dict[str, Any]) -> None:
 class ModelConfig:
     """Architecture of :class:`p2m_geo.Pixel2Mesh`. Mesh levels (156/618/2466) are fixed."""
 
-    backbone: str = "cnn18"  #: ``cnn18`` (Pixel2Mesh's VGG-style CNN), ``vgg16`` or ``resnet50``
+    #: a name in :data:`p2m_geo.models.encoders.ENCODERS`: ``cnn18`` (Pixel2Mesh's VGG-style CNN),
+    #: ``vgg16``, ``resnet50``, ``efficientnet-lite0`` (ImageNet weights from the [pretrained] extra)
+    backbone: str = "cnn18"
     encoder_width: float = 1.0  #: channel multiplier of cnn18 (1.0 gives 64/128/256/512 at 56/28/14/7 px)
     backbone_weights: Optional[str] = None  #: local file with trunk weights; never downloaded
+    #: efficientnet-lite0 without ``backbone_weights``: start from the ImageNet weights that the
+    #: ``[pretrained]`` extra installs (False: random init)
+    pretrained: bool = True
     hidden: int = 192  #: G-ResNet width (192: 2018 PyTorch port; 256: original checkpoint)
     num_residual: int = 6  #: residual pairs per block (6 -> 14 graph convolutions per block)
     aggr: str = "mean"  #: GraphConv neighbour aggregation
@@ -92,19 +111,25 @@ class ModelConfig:
     offset_bound: float = 0.0  #: > 0: each block's offsets are b * tanh(raw / b), at most b per axis (0: unbounded)
 
     def __post_init__(self) -> None:
-        if self.backbone not in ("cnn18", "vgg16", "resnet50"):
+        from p2m_geo.models.encoders import encoder_names
+
+        if self.backbone not in encoder_names():
             raise ConfigError(
-                f"model.backbone: expected one of cnn18, vgg16, resnet50, got {_short(self.backbone)}"
+                f"model.backbone: expected one of {', '.join(encoder_names())}, got {_short(self.backbone)}"
             )
         if self.aggr not in ("mean", "add", "max"):
             raise ConfigError(f"model.aggr: expected mean, add or max, got {_short(self.aggr)}")
-        _check_ranges("model", self, {
-            "hidden": (lambda v: v >= 2, "an integer >= 2"),
-            "num_residual": (lambda v: v >= 1, "a positive integer"),
-            "encoder_width": (lambda v: 0 < v <= 8, "a number in (0, 8]"),
-            "image_size": (lambda v: v >= 32, "an integer >= 32"),
-            "offset_bound": (lambda v: v >= 0, "a number >= 0"),
-        })
+        _check_ranges(
+            "model",
+            self,
+            {
+                "hidden": (lambda v: v >= 2, "an integer >= 2"),
+                "num_residual": (lambda v: v >= 1, "a positive integer"),
+                "encoder_width": (lambda v: 0 < v <= 8, "a number in (0, 8]"),
+                "image_size": (lambda v: v >= 32, "an integer >= 32"),
+                "offset_bound": (lambda v: v >= 0, "a number >= 0"),
+            },
+        )
 
 
 @dataclass
@@ -112,7 +137,10 @@ class LossWeights:
     """Weights of the Pixel2Mesh losses: the original TensorFlow weights divided by its 3000
     chamfer scale (see :class:`p2m_geo.losses.P2MLoss` for the whole mapping)."""
 
-    chamfer: float = 1.0  #: GT -> prediction chamfer side (TF: 3000 / 3000)
+    #: old key -> new key; old configs and checkpoints still load
+    RENAMED_KEYS: ClassVar[Dict[str, str]] = {"chamfer": "chamfer_gt_to_pred"}
+
+    chamfer_gt_to_pred: float = 1.0  #: GT -> prediction chamfer side (TF: 3000 / 3000); formerly ``chamfer``
     chamfer_pred_to_gt: float = 0.55  #: prediction -> GT chamfer side (TF: 0.55 * 3000 / 3000)
     normal: float = 0.5 / 3000  #: TF: 0.5 / 3000 = 1.67e-4
     edge: float = 300 / 3000  #: TF: 300 / 3000 = 0.1
@@ -128,9 +156,26 @@ class LossWeights:
 
     def __post_init__(self) -> None:
         nonnegative = (lambda v: v >= 0, "a number >= 0")
-        _check_ranges("loss", self, {name: nonnegative for name in (
-            "chamfer", "chamfer_pred_to_gt", "normal", "edge", "laplacian", "laplacian_first_block", "move", "image",
-            "face_normal", "regulariser_anneal_epochs")} | {"regulariser_start": (lambda v: v > 0, "a number > 0")})
+        _check_ranges(
+            "loss",
+            self,
+            {
+                name: nonnegative
+                for name in (
+                    "chamfer_gt_to_pred",
+                    "chamfer_pred_to_gt",
+                    "normal",
+                    "edge",
+                    "laplacian",
+                    "laplacian_first_block",
+                    "move",
+                    "image",
+                    "face_normal",
+                    "regulariser_anneal_epochs",
+                )
+            }
+            | {"regulariser_start": (lambda v: v > 0, "a number > 0")},
+        )
 
     def regulariser_factor(self, epoch: int) -> float:
         """Factor on the edge and Laplacian weights in (0-based) ``epoch``."""
@@ -177,16 +222,26 @@ class TrainConfig:
             raise ConfigError(f"train.device: expected auto, cpu or cuda, got {_short(self.device)}")
         positive = (lambda v: v >= 1, "a positive integer")
         nonnegative = (lambda v: v >= 0, "an integer >= 0")
-        _check_ranges("train", self, {
-            "epochs": positive, "batch_size": positive, "max_bad_steps": positive,
-            "lr": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
-            "weight_decay": (lambda v: v >= 0, "a number >= 0"),
-            "encoder_weight_decay": (lambda v: v >= 0, "a number >= 0"),
-            "lr_gamma": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
-            "lr_milestones": (lambda v: all(m >= 1 for m in v), "epochs >= 1"),
-            "gt_points": nonnegative, "image_branch_epochs": nonnegative, "workers": nonnegative,
-            "max_steps": nonnegative, "preview_samples": nonnegative, "eval_max_samples": nonnegative,
-        })
+        _check_ranges(
+            "train",
+            self,
+            {
+                "epochs": positive,
+                "batch_size": positive,
+                "max_bad_steps": positive,
+                "lr": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+                "weight_decay": (lambda v: v >= 0, "a number >= 0"),
+                "encoder_weight_decay": (lambda v: v >= 0, "a number >= 0"),
+                "lr_gamma": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+                "lr_milestones": (lambda v: all(m >= 1 for m in v), "epochs >= 1"),
+                "gt_points": nonnegative,
+                "image_branch_epochs": nonnegative,
+                "workers": nonnegative,
+                "max_steps": nonnegative,
+                "preview_samples": nonnegative,
+                "eval_max_samples": nonnegative,
+            },
+        )
         if self.lr_schedule not in ("step", "cosine"):
             raise ConfigError(f"train.lr_schedule: expected step or cosine, got {_short(self.lr_schedule)}")
 
@@ -195,19 +250,35 @@ class TrainConfig:
 class DataConfig:
     """Where the data comes from. Empty ``root`` means the generated procedural dataset."""
 
+    #: a name in :data:`p2m_geo.data.factory.DATASET_FORMATS` (``shapenet_p2m``, ``procedural``),
+    #: or ``auto``: ``shapenet_p2m`` when ``root`` is set, else ``procedural``
+    format: str = "auto"
     root: str = ""  #: ShapeNetP2M-layout folder; empty: the cached procedural dataset
     train_list: str = "train_list.txt"  #: relative to root unless absolute
     val_list: str = "test_list.txt"
     synth_per_class: int = 24  #: procedural dataset: shapes per class
     synth_views: int = 4  #: procedural dataset: views per shape
     synth_seed: int = 0
+    #: procedural dataset version: 1 flat-shaded primitives, 2 curved shapes with palette
+    #: colours, textures and random lighting (:mod:`p2m_geo.data.synth`)
+    synth_version: int = 1
     on_bad_sample: str = "fail"  #: fail or skip
 
     def __post_init__(self) -> None:
-        _check_ranges("data", self, {
-            "synth_per_class": (lambda v: v >= 2, "an integer >= 2"),
-            "synth_views": (lambda v: 1 <= v <= 24, "an integer from 1 to 24"),
-        })
+        _check_ranges(
+            "data",
+            self,
+            {
+                "synth_per_class": (lambda v: v >= 2, "an integer >= 2"),
+                "synth_views": (lambda v: 1 <= v <= 24, "an integer from 1 to 24"),
+                "synth_version": (lambda v: v in (1, 2), "1 or 2"),
+            },
+        )
+        from p2m_geo.data.factory import dataset_format_names
+
+        if self.format not in ("auto",) + dataset_format_names():
+            formats = ", ".join(("auto",) + dataset_format_names())
+            raise ConfigError(f"data.format: expected one of {formats}, got {_short(self.format)}")
         if self.on_bad_sample not in ("fail", "skip"):
             raise ConfigError(f"data.on_bad_sample: expected fail or skip, got {_short(self.on_bad_sample)}")
 
@@ -218,28 +289,6 @@ class Config:
     loss: LossWeights = field(default_factory=LossWeights)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
-
-
-#: Named presets: the same code, different widths/depths and schedule. Mesh levels never change.
-PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
-    # The original architecture (cnn18, hidden 192, 14/14/15 graph convolutions): ~37 GFLOP per
-    # training sample, ~3.8 samples/s on 2 CPU cores; meant for a GPU.
-    "full": {},
-    # Narrow encoder and G-ResNet for a ~10 minute CPU run on 2 cores; the loss sees 4000 of each
-    # cloud's GT points per step (its nearest-neighbour searches were ~40% of a CPU step).
-    "cpu-quick": {
-        "model": {"encoder_width": 0.25, "hidden": 64, "num_residual": 2},
-        "train": {"epochs": 8, "batch_size": 8, "lr": 5e-4, "lr_milestones": [6], "workers": 1, "gt_points": 4000},
-        "data": {"synth_per_class": 24, "synth_views": 4},
-    },
-    # cpu-quick trained 3x longer (about 35 minutes on 2 cores): the README's longer run.
-    "cpu-long": {
-        "model": {"encoder_width": 0.25, "hidden": 64, "num_residual": 2},
-        "train": {"epochs": 24, "batch_size": 8, "lr": 5e-4, "lr_milestones": [16, 21], "workers": 1,
-                  "gt_points": 4000},
-        "data": {"synth_per_class": 24, "synth_views": 4},
-    },
-}
 
 
 def merge_dicts(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]:
@@ -254,6 +303,7 @@ def merge_dicts(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any
 
 
 def preset_dict(name: str) -> Dict[str, Any]:
+    """The sections of preset ``name`` (:data:`p2m_geo.presets.PRESETS`)."""
     if name not in PRESETS:
         raise ConfigError(f"preset: expected one of {', '.join(PRESETS)}, got {name!r}")
     return PRESETS[name]
@@ -265,8 +315,11 @@ def from_dict(cls: Type[T], values: Dict[str, Any], section: str = "") -> T:
         raise ConfigError(f"{section or 'config'}: expected a mapping, got {_short(values)}")
     hints = get_type_hints(cls)
     known = {f.name: f for f in fields(cls)}
+    renamed = getattr(cls, "RENAMED_KEYS", {})
     kwargs = {}
     for key, value in values.items():
+        if key in renamed and renamed[key] not in values:  # configs/checkpoints written before a rename
+            key = renamed[key]
         name = key if isinstance(key, str) and len(key) <= 60 else _short(key)
         where = f"{section}.{name}" if section else name
         if key not in known:
@@ -278,6 +331,7 @@ def from_dict(cls: Type[T], values: Dict[str, Any], section: str = "") -> T:
 
 def to_dict(config: Any) -> Dict[str, Any]:
     """Plain nested dict (lists for tuples) that YAML and ``torch.load(weights_only=True)`` accept."""
+
     def plain(value: Any) -> Any:
         if isinstance(value, tuple):
             return [plain(v) for v in value]
@@ -308,8 +362,9 @@ def read_yaml_dict(path: str | Path) -> Dict[str, Any]:
     try:
         size = Path(path).stat().st_size
         if size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"config: expected a YAML file under {MAX_CONFIG_BYTES // 1024} KiB, "
-                              f"got {size} bytes in {path}")
+            raise ConfigError(
+                f"config: expected a YAML file under {MAX_CONFIG_BYTES // 1024} KiB, got {size} bytes in {path}"
+            )
         with open(path, "r", encoding="utf-8") as handle:
             values = yaml.load(handle, Loader=NoAliasLoader) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as error:

@@ -13,6 +13,7 @@ the mean pairwise CD between its predictions for different validation images, 0 
 ignores its input, and the quality of its meshes (:mod:`p2m_geo.mesh_quality`: normal
 consistency, % self-intersecting faces, roughness).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -29,14 +30,11 @@ from tqdm import tqdm
 from p2m_geo.mesh_quality import QUALITY_KEYS, face_adjacency, mesh_quality, smooth_batch
 from p2m_geo.metrics import image_sensitivity, meshrcnn_metrics, protocol_metric_keys, reconstruction_metrics
 
-__all__ = ["BASELINES", "Evaluation", "evaluate", "format_table", "metric_key", "METRIC_LABELS"]
+__all__ = ["BASELINES", "Evaluation", "evaluate", "metric_key"]
 
 #: image-blind baselines evaluated beside the model
 BASELINES = ("blank", "ellipsoid")
 #: how each metric is labelled in tables (units in the header line of the CLI)
-METRIC_LABELS = {"cd": "CD", "f@0.0001": "F@τ", "f@0.0002": "F@2τ", "chamfer_l2": "Chamfer-L2",
-                 "normal_consistency": "NC", "f1@0.1": "F1@0.1", "f1@0.3": "F1@0.3", "f1@0.5": "F1@0.5",
-                 "self_intersecting": "self-int. %", "roughness": "rough. °"}
 QUALITY_MODES = ("all", "subset", "none")
 #: predictions kept (spread evenly over the views) for the image-sensitivity figure
 SENSITIVITY_SAMPLES = 24
@@ -71,8 +69,12 @@ class Evaluation:
 
     def flat(self) -> Dict[str, float]:
         """The ``mean`` rows and the sensitivity as ``metric_key`` -> value (for metrics.csv)."""
-        row = {metric_key(method, k): v for method, table in self.tables.items()
-               for k, v in table["mean"].items() if k != "count"}
+        row = {
+            metric_key(method, k): v
+            for method, table in self.tables.items()
+            for k, v in table["mean"].items()
+            if k != "count"
+        }
         if self.image_sensitivity is not None:
             row["val_image_sensitivity"] = self.image_sensitivity
         if "mean" in self.quality:
@@ -80,8 +82,12 @@ class Evaluation:
         return row
 
     def to_dict(self) -> Dict:
-        return {"protocol": self.protocol, **self.tables, "image_sensitivity": self.image_sensitivity,
-                "quality": self.quality}
+        return {
+            "protocol": self.protocol,
+            **self.tables,
+            "image_sensitivity": self.image_sensitivity,
+            "quality": self.quality,
+        }
 
 
 def _blank_image_meshes(model, images: torch.Tensor, intrinsics: torch.Tensor):
@@ -97,15 +103,25 @@ def _blank_image_meshes(model, images: torch.Tensor, intrinsics: torch.Tensor):
 
 def _score(protocol: str, mesh, target, num_graphs: int, generator: torch.Generator) -> Dict[str, torch.Tensor]:
     if protocol == "meshrcnn":
-        return meshrcnn_metrics(mesh.pos, mesh.face, mesh.batch, target.pos, target.normal, target.batch,
-                                num_graphs, generator=generator)
+        return meshrcnn_metrics(
+            mesh.pos, mesh.face, mesh.batch, target.pos, target.normal, target.batch, num_graphs, generator=generator
+        )
     return reconstruction_metrics(mesh.pos, mesh.batch, target.pos, target.batch, num_graphs)
 
 
 @torch.no_grad()
-def evaluate(model, loader: DataLoader, device: torch.device, protocol: str = "p2m",
-             baselines: Sequence[str] = BASELINES, max_samples: int = 0, quiet: bool = True,
-             seed: int = 0, quality: str = "all", smooth: int = 0) -> Evaluation:
+def evaluate(
+    model,
+    loader: DataLoader,
+    device: torch.device,
+    protocol: str = "p2m",
+    baselines: Sequence[str] = BASELINES,
+    max_samples: int = 0,
+    quiet: bool = True,
+    seed: int = 0,
+    quality: str = "all",
+    smooth: int = 0,
+) -> Evaluation:
     """Per-category mean metrics of ``model`` and its image-blind ``baselines`` (see the module).
 
     Args:
@@ -131,9 +147,18 @@ def evaluate(model, loader: DataLoader, device: torch.device, protocol: str = "p
     total = len(loader.dataset) if not max_samples else min(max_samples, len(loader.dataset))
     kept = set(np.linspace(0, total - 1, min(SENSITIVITY_SAMPLES, total)).round().astype(int).tolist())
     batches = math.ceil(total / loader.batch_size)
-    quality_batches = set(range(batches)) if quality == "all" else set() if quality == "none" else set(
-        np.linspace(0, batches - 1, min(batches, math.ceil(SENSITIVITY_SAMPLES / loader.batch_size))).round()
-        .astype(int).tolist())
+    quality_batches = (
+        set(range(batches))
+        if quality == "all"
+        else set()
+        if quality == "none"
+        else set(
+            np.linspace(0, batches - 1, min(batches, math.ceil(SENSITIVITY_SAMPLES / loader.batch_size)))
+            .round()
+            .astype(int)
+            .tolist()
+        )
+    )
     sums: Dict[str, Dict[str, Dict[str, float]]] = {}
     quality_sums: Dict[str, Dict[str, float]] = {}
     adjacency: Dict[int, torch.Tensor] = {}
@@ -175,15 +200,20 @@ def evaluate(model, loader: DataLoader, device: torch.device, protocol: str = "p
             break
     evaluation = Evaluation(protocol)
     for method, table in sums.items():
-        per_class = {c: {k: v / e["count"] if k != "count" else v for k, v in e.items()} for c, e in sorted(table.items())}
+        per_class = {
+            c: {k: v / e["count"] if k != "count" else v for k, v in e.items()} for c, e in sorted(table.items())
+        }
         mean = {k: float(np.mean([e[k] for e in per_class.values()])) for k in keys}
         per_class["mean"] = mean | {"count": sum(e["count"] for e in per_class.values())}
         evaluation.tables[method] = per_class
     if len(predictions) >= 2:
         evaluation.image_sensitivity = image_sensitivity(torch.stack(predictions))
     if quality == "all":  # the mean row as the unweighted mean over categories, like the tables
-        per_class = {c: {k: v / e["count"] if k != "count" else v for k, v in e.items()}
-                     for c, e in sorted(quality_sums.items()) if c != "mean"}
+        per_class = {
+            c: {k: v / e["count"] if k != "count" else v for k, v in e.items()}
+            for c, e in sorted(quality_sums.items())
+            if c != "mean"
+        }
         if per_class:
             mean = {k: float(np.mean([e[k] for e in per_class.values()])) for k in QUALITY_KEYS}
             per_class["mean"] = mean | {"count": sum(e["count"] for e in per_class.values())}
@@ -192,28 +222,3 @@ def evaluate(model, loader: DataLoader, device: torch.device, protocol: str = "p
         entry = quality_sums["mean"]
         evaluation.quality = {"mean": {k: v / entry["count"] if k != "count" else v for k, v in entry.items()}}
     return evaluation
-
-
-def format_table(evaluation: Evaluation) -> str:
-    """Markdown table: one row per category (+ mean); for each metric the model's value, then
-    each baseline's."""
-    tables = evaluation.tables
-    methods = list(tables)
-    keys = protocol_metric_keys(evaluation.protocol)
-    header = "| category | n |" + "".join(f" {METRIC_LABELS.get(k, k)} {m} |" for k in keys for m in methods)
-    lines = [header, "|---|---|" + "---|" * (len(keys) * len(methods))]
-    categories = [c for c in tables[methods[0]] if c != "mean"] + ["mean"]
-    quality_keys = list(QUALITY_KEYS) if evaluation.quality else []
-    if quality_keys:
-        lines[0] += "".join(f" {METRIC_LABELS.get(k, k)} model |" for k in quality_keys)
-        lines[1] += "---|" * len(quality_keys)
-    for category in categories:
-        row = f"| {'**mean**' if category == 'mean' else category} | {int(tables[methods[0]][category]['count'])} |"
-        for key in keys:
-            digits = 3 if key in ("cd", "chamfer_l2", "normal_consistency") else 1
-            row += "".join(f" {tables[m][category][key]:.{digits}f} |" for m in methods)
-        for key in quality_keys:
-            value = evaluation.quality.get(category, {}).get(key)
-            row += " – |" if value is None else f" {value:.{3 if key == 'normal_consistency' else 1}f} |"
-        lines.append(row)
-    return "\n".join(lines)

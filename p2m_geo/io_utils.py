@@ -1,4 +1,5 @@
 """Atomic file writing: a temp file in the target folder, then ``os.replace``."""
+
 from __future__ import annotations
 
 import os
@@ -56,8 +57,9 @@ def folder_lock(folder: Union[str, os.PathLike]) -> Iterator[Path]:
             except (OSError, ValueError):
                 pid = 0
             if pid and _alive(pid):
-                raise FolderBusyError(f"{folder}: expected a run folder no other process writes to, got one in use "
-                                      f"by process {pid}") from None
+                raise FolderBusyError(
+                    f"{folder}: expected a run folder no other process writes to, got one in use by process {pid}"
+                ) from None
             lock.unlink(missing_ok=True)  # stale: its process is gone
     else:
         raise FolderBusyError(f"{folder}: expected to take its lock, got a lock that keeps coming back")

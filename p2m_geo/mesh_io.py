@@ -1,5 +1,6 @@
 """Mesh files: a dependency-free binary PLY writer (the ``predict`` default) and open3d for
 the other formats (imported only when one is asked for: it costs ~1 s to import)."""
+
 from __future__ import annotations
 
 import errno
@@ -38,7 +39,9 @@ def ply_bytes(vertices: np.ndarray, faces: np.ndarray) -> bytes:
     vertices = np.asarray(vertices)
     faces = np.asarray(faces, dtype=np.int64)
     if vertices.ndim != 2 or vertices.shape[1] != 3 or faces.ndim != 2 or faces.shape[1] != 3:
-        raise ValueError(f"mesh: expected vertices [V,3] and faces [F,3], got {list(vertices.shape)} and {list(faces.shape)}")
+        raise ValueError(
+            f"mesh: expected vertices [V,3] and faces [F,3], got {list(vertices.shape)} and {list(faces.shape)}"
+        )
     header = (
         "ply\nformat binary_little_endian 1.0\ncomment p2m-geo\n"
         f"element vertex {len(vertices)}\n"
@@ -64,9 +67,13 @@ def write_mesh(path: Union[str, os.PathLike], vertices: np.ndarray, faces: np.nd
         return
     import open3d as o3d
 
-    mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(vertices), o3d.utility.Vector3iVector(faces.astype(np.int32)))
+    mesh = o3d.geometry.TriangleMesh(
+        o3d.utility.Vector3dVector(vertices), o3d.utility.Vector3iVector(faces.astype(np.int32))
+    )
     mesh.compute_vertex_normals()
-    with atomic_path(path) as tmp:
+    # open3d's own console warnings (e.g. about a truncated file it reads back) stay quiet: the
+    # outcome is checked here and reported in one line
+    with atomic_path(path) as tmp, o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
         if not o3d.io.write_triangle_mesh(str(tmp), mesh, write_vertex_normals=True):
             raise OSError(f"{path}: open3d could not write the mesh")
         # open3d reports success even when the disk filled up mid-write: check what is on disk
@@ -79,13 +86,19 @@ def _check_written(path: Path, tmp: Path, vertex_count: int, face_count: int) ->
         data = tmp.read_bytes()
         declared = int.from_bytes(data[8:12], "little") if len(data) >= 12 and data[:4] == b"glTF" else -1
         if declared != len(data):
-            raise OSError(errno.ENOSPC, f"{path}: expected a complete .glb ({declared} bytes by its header), got "
-                                        f"{len(data)} bytes on disk (is the disk full?); nothing was replaced")
+            raise OSError(
+                errno.ENOSPC,
+                f"{path}: expected a complete .glb ({declared} bytes by its header), got "
+                f"{len(data)} bytes on disk (is the disk full?); nothing was replaced",
+            )
         return
     import open3d as o3d
 
     written = o3d.io.read_triangle_mesh(str(tmp))
     if len(written.vertices) != vertex_count or len(written.triangles) != face_count:
-        raise OSError(errno.ENOSPC, f"{path}: expected {vertex_count} vertices and {face_count} faces on disk, "
-                                    f"got {len(written.vertices)} and {len(written.triangles)} (is the disk full?); "
-                                    "nothing was replaced")
+        raise OSError(
+            errno.ENOSPC,
+            f"{path}: expected {vertex_count} vertices and {face_count} faces on disk, "
+            f"got {len(written.vertices)} and {len(written.triangles)} (is the disk full?); "
+            "nothing was replaced",
+        )

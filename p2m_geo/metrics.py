@@ -13,19 +13,29 @@ did). Protocol ``meshrcnn`` is Mesh R-CNN's ``compare_meshes`` (:func:`meshrcnn_
 :func:`image_sensitivity` measures whether a model listens to its input: the mean
 pairwise CD between its predictions for different images (0 for an image-blind model).
 """
+
 from __future__ import annotations
 
 import itertools
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
+from torch_geometric.utils import scatter
 
-from p2m_geo.losses import chamfer_distance
-from p2m_geo.scatter import scatter
+from p2m_geo.ops.chamfer import chamfer_distance
+from p2m_geo.ops.sampling import sample_points_on_faces
 
-__all__ = ["F_SCORE_TAU", "MESHRCNN_THRESHOLDS", "reconstruction_metrics", "sample_points_on_faces",
-           "meshrcnn_metrics", "point_cloud_metrics", "image_sensitivity", "protocol_metric_keys"]
+__all__ = [
+    "F_SCORE_TAU",
+    "MESHRCNN_THRESHOLDS",
+    "reconstruction_metrics",
+    "sample_points_on_faces",
+    "meshrcnn_metrics",
+    "point_cloud_metrics",
+    "image_sensitivity",
+    "protocol_metric_keys",
+]
 
 F_SCORE_TAU = 1e-4
 #: Mesh R-CNN's F1 thresholds (unsquared distances, GT scaled to a longest box edge of 10)
@@ -45,7 +55,11 @@ def protocol_metric_keys(protocol: str) -> Tuple[str, ...]:
 
 @torch.no_grad()
 def reconstruction_metrics(
-    pred: Tensor, pred_batch: Tensor, gt: Tensor, gt_batch: Tensor, num_graphs: Optional[int] = None,
+    pred: Tensor,
+    pred_batch: Tensor,
+    gt: Tensor,
+    gt_batch: Tensor,
+    num_graphs: Optional[int] = None,
     thresholds: Sequence[float] = (F_SCORE_TAU, 2 * F_SCORE_TAU),
 ) -> Dict[str, Tensor]:
     """Per-graph ``cd`` (x1000) and ``f@tau`` (%) for each threshold, as ``[B]`` tensors."""
@@ -55,44 +69,20 @@ def reconstruction_metrics(
     gt_sq = (gt - pred[result.y_nearest]).square().sum(-1)
     metrics = {"cd": 1000.0 * (result.x_to_y + result.y_to_x)}
     for tau in thresholds:
-        precision = scatter((pred_sq < tau).to(pred.dtype), pred_batch, num_graphs, reduce="mean")
-        recall = scatter((gt_sq < tau).to(gt.dtype), gt_batch, num_graphs, reduce="mean")
-        f_score = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-12),
-                              torch.zeros_like(precision))
+        precision = scatter((pred_sq < tau).to(pred.dtype), pred_batch, dim=0, dim_size=num_graphs, reduce="mean")
+        recall = scatter((gt_sq < tau).to(gt.dtype), gt_batch, dim=0, dim_size=num_graphs, reduce="mean")
+        f_score = torch.where(
+            precision + recall > 0,
+            2 * precision * recall / (precision + recall).clamp_min(1e-12),
+            torch.zeros_like(precision),
+        )
         metrics[f"f@{tau:g}"] = 100.0 * f_score
     return metrics
 
 
-def sample_points_on_faces(pos: Tensor, face: Tensor, batch: Tensor, num_graphs: int, count: int,
-                           generator: Optional[torch.Generator] = None, return_normals: bool = False
-                           ) -> Union[Tuple[Tensor, Tensor], Tuple[Tensor, Tensor, Tensor]]:
-    """Area-uniform samples on each graph's surface: ``(points [B*count,3], batch [B*count])``,
-    plus the unit normal of each sample's face (``[B*count,3]``) with ``return_normals``.
-
-    Args:
-        pos: vertices ``[N,3]``; ``face``: ``[3,F]`` (batched, global indices); ``batch``: ``[N]``.
-    """
-    a, b, c = pos[face[0]], pos[face[1]], pos[face[2]]
-    cross = torch.linalg.cross(b - a, c - a)
-    area = cross.norm(dim=-1)
-    face_batch = batch[face[0]]
-    points, batches, normals = [], [], []
-    for graph in range(num_graphs):
-        ids = torch.nonzero(face_batch == graph).squeeze(1)
-        chosen = ids[torch.multinomial(area[ids], count, replacement=True, generator=generator)]
-        r1 = torch.rand(count, generator=generator, device=pos.device, dtype=pos.dtype)
-        r2 = torch.rand(count, generator=generator, device=pos.device, dtype=pos.dtype)
-        s = r1.sqrt()
-        points.append((1 - s)[:, None] * a[chosen] + (s * (1 - r2))[:, None] * b[chosen] + (s * r2)[:, None] * c[chosen])
-        batches.append(torch.full((count,), graph, dtype=torch.long, device=pos.device))
-        normals.append(cross[chosen] / area[chosen, None].clamp_min(1e-30))
-    if return_normals:
-        return torch.cat(points), torch.cat(batches), torch.cat(normals)
-    return torch.cat(points), torch.cat(batches)
-
-
-def _subsample(points: Tensor, normals: Tensor, batch: Tensor, num_graphs: int, count: int,
-               generator: Optional[torch.Generator]) -> Tuple[Tensor, Tensor, Tensor]:
+def _subsample(
+    points: Tensor, normals: Tensor, batch: Tensor, num_graphs: int, count: int, generator: Optional[torch.Generator]
+) -> Tuple[Tensor, Tensor, Tensor]:
     """At most ``count`` points per graph, drawn without replacement (all of them where fewer)."""
     keep = []
     for graph in range(num_graphs):
@@ -106,8 +96,15 @@ def _subsample(points: Tensor, normals: Tensor, batch: Tensor, num_graphs: int, 
 
 @torch.no_grad()
 def meshrcnn_metrics(
-    pred_pos: Tensor, pred_face: Tensor, pred_batch: Tensor, gt_pos: Tensor, gt_normal: Tensor, gt_batch: Tensor,
-    num_graphs: int, num_samples: int = MESHRCNN_SAMPLES, thresholds: Sequence[float] = MESHRCNN_THRESHOLDS,
+    pred_pos: Tensor,
+    pred_face: Tensor,
+    pred_batch: Tensor,
+    gt_pos: Tensor,
+    gt_normal: Tensor,
+    gt_batch: Tensor,
+    num_graphs: int,
+    num_samples: int = MESHRCNN_SAMPLES,
+    thresholds: Sequence[float] = MESHRCNN_THRESHOLDS,
     generator: Optional[torch.Generator] = None,
 ) -> Dict[str, Tensor]:
     r"""Mesh R-CNN's ``compare_meshes`` (scale ``"gt-10"``) for predicted meshes against GT
@@ -131,20 +128,35 @@ def meshrcnn_metrics(
     high = high.scatter_reduce(0, gt_batch[:, None].expand(-1, 3), gt_pos, "amax")
     scale = MESHRCNN_SCALE / (high - low).amax(dim=1).clamp_min(1e-12)  # [B]
     pred_points, pred_points_batch, pred_normals = sample_points_on_faces(
-        pred_pos * scale[pred_batch, None], pred_face, pred_batch, num_graphs, num_samples, generator, return_normals=True)
-    gt_points, gt_normals, gt_points_batch = _subsample(gt_pos * scale[gt_batch, None], gt_normal, gt_batch,
-                                                        num_graphs, num_samples, generator)
-    return point_cloud_metrics(pred_points, pred_normals, pred_points_batch, gt_points, gt_normals, gt_points_batch,
-                               num_graphs, thresholds)
+        pred_pos * scale[pred_batch, None],
+        pred_face,
+        pred_batch,
+        num_graphs,
+        num_samples,
+        generator,
+        return_normals=True,
+    )
+    gt_points, gt_normals, gt_points_batch = _subsample(
+        gt_pos * scale[gt_batch, None], gt_normal, gt_batch, num_graphs, num_samples, generator
+    )
+    return point_cloud_metrics(
+        pred_points, pred_normals, pred_points_batch, gt_points, gt_normals, gt_points_batch, num_graphs, thresholds
+    )
 
 
 @torch.no_grad()
-def point_cloud_metrics(pred_points: Tensor, pred_normals: Tensor, pred_batch: Tensor, gt_points: Tensor,
-                        gt_normals: Tensor, gt_batch: Tensor, num_graphs: int,
-                        thresholds: Sequence[float] = MESHRCNN_THRESHOLDS) -> Dict[str, Tensor]:
+def point_cloud_metrics(
+    pred_points: Tensor,
+    pred_normals: Tensor,
+    pred_batch: Tensor,
+    gt_points: Tensor,
+    gt_normals: Tensor,
+    gt_batch: Tensor,
+    num_graphs: int,
+    thresholds: Sequence[float] = MESHRCNN_THRESHOLDS,
+) -> Dict[str, Tensor]:
     """The metrics of :func:`meshrcnn_metrics` on given oriented point clouds (no scaling,
     no sampling): ``chamfer_l2``, ``normal_consistency`` and ``f1@t`` per graph."""
-    from p2m_geo.losses import chamfer_distance
 
     result = chamfer_distance(pred_points, pred_batch, gt_points, gt_batch, num_graphs, reduction="none")
     pred_dist = (pred_points - gt_points[result.x_nearest]).norm(dim=-1)
@@ -153,12 +165,18 @@ def point_cloud_metrics(pred_points: Tensor, pred_normals: Tensor, pred_batch: T
     def cosine(u: Tensor, v: Tensor) -> Tensor:
         return (u * v).sum(-1).abs() / (u.norm(dim=-1) * v.norm(dim=-1)).clamp_min(1e-12)
 
-    pred_cos = scatter(cosine(pred_normals, gt_normals[result.x_nearest]), pred_batch, num_graphs, reduce="mean")
-    gt_cos = scatter(cosine(gt_normals, pred_normals[result.y_nearest]), gt_batch, num_graphs, reduce="mean")
+    pred_cos = scatter(
+        cosine(pred_normals, gt_normals[result.x_nearest]), pred_batch, dim=0, dim_size=num_graphs, reduce="mean"
+    )
+    gt_cos = scatter(
+        cosine(gt_normals, pred_normals[result.y_nearest]), gt_batch, dim=0, dim_size=num_graphs, reduce="mean"
+    )
     metrics = {"chamfer_l2": result.x_to_y + result.y_to_x, "normal_consistency": 0.5 * (pred_cos + gt_cos)}
     for t in thresholds:
-        precision = 100.0 * scatter((pred_dist < t).to(pred_dist.dtype), pred_batch, num_graphs, reduce="mean")
-        recall = 100.0 * scatter((gt_dist < t).to(gt_dist.dtype), gt_batch, num_graphs, reduce="mean")
+        precision = 100.0 * scatter(
+            (pred_dist < t).to(pred_dist.dtype), pred_batch, dim=0, dim_size=num_graphs, reduce="mean"
+        )
+        recall = 100.0 * scatter((gt_dist < t).to(gt_dist.dtype), gt_batch, dim=0, dim_size=num_graphs, reduce="mean")
         metrics[f"f1@{t:g}"] = 2 * precision * recall / (precision + recall + 1e-8)
     return metrics
 
@@ -173,7 +191,6 @@ def image_sensitivity(predictions: Tensor) -> float:
     Args:
         predictions: ``[K, N, 3]``, one predicted mesh's vertices per input, ``K >= 2``.
     """
-    from p2m_geo.losses import chamfer_distance
 
     count, nodes = predictions.shape[:2]
     if count < 2:

@@ -1,5 +1,6 @@
 """``curves.png``: training losses and validation figures per epoch, the model against its
 image-blind baselines (matplotlib, imported lazily; Agg backend, no display needed)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -16,8 +17,10 @@ __all__ = ["write_training_curves"]
 log = logging.getLogger(__name__)
 
 LOSS_TERMS = ("total", "chamfer", "normal", "edge", "laplacian", "move", "face_normal", "image")
-VALIDATION_PANELS = (("cd", "validation CD x1000 (lower is better)"),
-                     (f"f@{F_SCORE_TAU:g}", "validation F@τ % (higher is better)"))
+VALIDATION_PANELS = (
+    ("cd", "validation CD x1000 (lower is better)"),
+    (f"f@{F_SCORE_TAU:g}", "validation F@τ % (higher is better)"),
+)
 
 
 def write_training_curves(history: List[Dict[str, float]], path: Path) -> bool:
@@ -51,10 +54,14 @@ def write_training_curves(history: List[Dict[str, float]], path: Path) -> bool:
     sensitivity = [row.get("val_image_sensitivity") for row in history]
     if all(v is not None for v in sensitivity):
         axes[3].plot(epochs, sensitivity, "-o")
-    axes[3].set(title="image sensitivity: mean pairwise CD x1000\nbetween predictions (0 = image-blind)",
-                xlabel="epoch")
+    axes[3].set(
+        title="image sensitivity: mean pairwise CD x1000\nbetween predictions (0 = image-blind)", xlabel="epoch"
+    )
     axes[3].set_ylim(bottom=0)
-    for key, label in (("self_intersecting", "self-intersecting faces %"), ("roughness", "roughness (mean dihedral °)")):
+    for key, label in (
+        ("self_intersecting", "self-intersecting faces %"),
+        ("roughness", "roughness (mean dihedral °)"),
+    ):
         values = [row.get(metric_key("model", key)) for row in history]
         if all(v is not None for v in values):
             axes[4].plot(epochs, values, "-o", label=label)

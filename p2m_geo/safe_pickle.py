@@ -6,6 +6,7 @@ file from an untrusted source can execute code. :func:`restricted_loads` resolve
 only the handful of globals a numpy array needs; any other global (``os.system``,
 ``builtins.eval``, ...) raises :class:`UnsafePickleError` before anything is called.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -69,8 +70,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         factory = _ALLOWED_GLOBALS.get((module, name))
         if factory is None:
             raise UnsafePickleError(
-                f"refusing to load global '{module}.{name}': only numpy arrays and plain "
-                "containers are allowed"
+                f"refusing to load global '{module}.{name}': only numpy arrays and plain containers are allowed"
             )
         return factory()
 

@@ -1,10 +1,10 @@
 """The network must see the image: initialisation, gradient flow, weight decay, image-blind
 baselines, and a two-shape overfit that only an image-conditioned model passes."""
+
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -99,7 +99,7 @@ def test_last_block_ends_with_the_originals_halving_tail():
 
 
 def test_weight_decay_groups_follow_the_original_without_its_3000_scale():
-    from p2m_geo.engine import parameter_groups
+    from p2m_geo.training import parameter_groups
 
     train = TrainConfig()
     assert train.weight_decay == pytest.approx(5e-6 / 3000) and train.encoder_weight_decay == pytest.approx(1e-9)
@@ -119,8 +119,14 @@ def test_loss_weights_are_the_originals_divided_by_3000():
     from p2m_geo.config import LossWeights
 
     weights = LossWeights()
-    original = {"chamfer": 3000, "chamfer_pred_to_gt": 0.55 * 3000, "normal": 0.5, "edge": 300, "laplacian": 1500,
-                "move": 100}
+    original = {
+        "chamfer_gt_to_pred": 3000,
+        "chamfer_pred_to_gt": 0.55 * 3000,
+        "normal": 0.5,
+        "edge": 300,
+        "laplacian": 1500,
+        "move": 100,
+    }
     for name, value in original.items():
         assert getattr(weights, name) == pytest.approx(value / 3000), name
     assert weights.laplacian_first_block == 0.1
@@ -135,7 +141,8 @@ def _loader(root, list_name="test_list.txt", batch_size=2):
 
 
 def test_evaluate_reports_blank_image_and_ellipsoid_baselines_and_image_sensitivity(tiny_data):
-    from p2m_geo.evaluation import evaluate, format_table
+    from p2m_geo.cli.evaluate import format_table
+    from p2m_geo.evaluation import evaluate
     from p2m_geo.metrics import reconstruction_metrics
     from p2m_geo.nn.gresnet import glorot_zero_bias_
 
@@ -212,5 +219,6 @@ def test_overfits_two_shapes_each_from_its_own_image(chair_and_airplane):
     f_swapped = reconstruction_metrics(swapped.pos, swapped.batch, target.pos, target.batch, 2)["f@0.0001"]
     for index, category in enumerate(batch.categories):
         assert f_own[index] >= 2 * f_swapped[index], (
-            f"{category}: F@tau {f_own[index]:.1f} from its own image vs {f_swapped[index]:.1f} from the other's")
+            f"{category}: F@tau {f_own[index]:.1f} from its own image vs {f_swapped[index]:.1f} from the other's"
+        )
     assert f_own.min() > 30

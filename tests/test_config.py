@@ -1,5 +1,6 @@
 """Config loading: every field's type and range checked from the dataclass, YAML aliases
 refused, messages bounded; a fuzz test of the loader."""
+
 from __future__ import annotations
 
 import random
@@ -11,23 +12,29 @@ import yaml
 from p2m_geo.config import Config, ConfigError, from_dict, load_yaml
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"train": {"epochs": 1.5}}, "train.epochs: expected an integer, got 1.5"),
-    ({"train": {"epochs": "2"}}, "train.epochs: expected an integer, got '2'"),
-    ({"model": {"hidden": 32.5}}, "model.hidden: expected an integer, got 32.5"),
-    ({"model": {"hidden": "64"}}, "model.hidden: expected an integer, got '64'"),
-    ({"loss": {"chamfer": "one"}}, "loss.chamfer: expected a number, got 'one'"),
-    ({"loss": {"edge": -1}}, "loss.edge: expected a number >= 0, got -1.0"),
-    ({"train": {"max_steps": -1}}, "train.max_steps: expected an integer >= 0, got -1"),
-    ({"train": {"lr_milestones": "abc"}}, "train.lr_milestones: expected a list of integers, got 'abc'"),
-    ({"train": {"lr_milestones": [3, "x"]}}, r"train.lr_milestones\[1\]: expected an integer, got 'x'"),
-    ({"train": {"lr": float("inf")}}, r"train.lr: expected a number in \(0, 1\], got inf"),
-    ({"train": {"lr": float("nan")}}, r"train.lr: expected a number in \(0, 1\], got nan"),
-    ({"train": {"amp": "yes"}}, "train.amp: expected true or false, got 'yes'"),
-    ({"train": {"epochs": True}}, "train.epochs: expected an integer, got True"),
-    ({"model": [1, 2]}, "model: expected a mapping, got a list of 2"),
-    ({"model": {"backbone": "x" * 10000}}, r"model.backbone: expected one of cnn18, vgg16, resnet50, got 'xxx"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"train": {"epochs": 1.5}}, "train.epochs: expected an integer, got 1.5"),
+        ({"train": {"epochs": "2"}}, "train.epochs: expected an integer, got '2'"),
+        ({"model": {"hidden": 32.5}}, "model.hidden: expected an integer, got 32.5"),
+        ({"model": {"hidden": "64"}}, "model.hidden: expected an integer, got '64'"),
+        ({"loss": {"chamfer_gt_to_pred": "one"}}, "loss.chamfer_gt_to_pred: expected a number, got 'one'"),
+        ({"loss": {"edge": -1}}, "loss.edge: expected a number >= 0, got -1.0"),
+        ({"train": {"max_steps": -1}}, "train.max_steps: expected an integer >= 0, got -1"),
+        ({"train": {"lr_milestones": "abc"}}, "train.lr_milestones: expected a list of integers, got 'abc'"),
+        ({"train": {"lr_milestones": [3, "x"]}}, r"train.lr_milestones\[1\]: expected an integer, got 'x'"),
+        ({"train": {"lr": float("inf")}}, r"train.lr: expected a number in \(0, 1\], got inf"),
+        ({"train": {"lr": float("nan")}}, r"train.lr: expected a number in \(0, 1\], got nan"),
+        ({"train": {"amp": "yes"}}, "train.amp: expected true or false, got 'yes'"),
+        ({"train": {"epochs": True}}, "train.epochs: expected an integer, got True"),
+        ({"model": [1, 2]}, "model: expected a mapping, got a list of 2"),
+        (
+            {"model": {"backbone": "x" * 10000}},
+            r"model.backbone: expected one of cnn18, vgg16, resnet50, efficientnet-lite0, got 'xxx",
+        ),
+    ],
+)
 def test_type_and_range_errors_name_the_key(values, message):
     with pytest.raises(ConfigError, match=message) as error:
         from_dict(Config, values)
@@ -43,7 +50,8 @@ def test_numbers_as_users_write_them():
 def test_yaml_aliases_are_refused_before_expansion(tmp_path):
     bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
-        for i in range(9))
+        for i in range(9)
+    )
     path = tmp_path / "bomb.yaml"
     path.write_text(bomb)
     assert len(bomb) < 500
@@ -69,8 +77,26 @@ def _random_value(rng: random.Random, depth: int):
 
 
 def _random_key(rng: random.Random):
-    return rng.choice(["model", "train", "loss", "data", "epochs", "lr", "hidden", "lr_milestones", "backbone",
-                       "batch_size", "edge", "root", "amp", "x", "1", "k" * 300])
+    return rng.choice(
+        [
+            "model",
+            "train",
+            "loss",
+            "data",
+            "epochs",
+            "lr",
+            "hidden",
+            "lr_milestones",
+            "backbone",
+            "batch_size",
+            "edge",
+            "root",
+            "amp",
+            "x",
+            "1",
+            "k" * 300,
+        ]
+    )
 
 
 @pytest.mark.slow
@@ -87,7 +113,7 @@ def test_fuzzed_yaml_configs_never_traceback_hang_or_blow_up(tmp_path):
         raise TimeoutError("a config took longer than 2 s")
 
     signal.signal(signal.SIGALRM, timeout)
-    for case in range(400):
+    for _ in range(400):
         values = {_random_key(rng): _random_value(rng, 0) for _ in range(rng.randrange(1, 5))}
         text = yaml.safe_dump(values, default_flow_style=rng.random() < 0.5)
         if rng.random() < 0.2:  # anchors and aliases
@@ -104,3 +130,13 @@ def test_fuzzed_yaml_configs_never_traceback_hang_or_blow_up(tmp_path):
             signal.alarm(0)
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start_rss) / 1024
     assert grown_mb < 200
+
+
+def test_renamed_keys_of_old_configs_and_checkpoints_still_load():
+    from p2m_geo.config import Config, LossWeights, from_dict
+
+    old = from_dict(Config, {"loss": {"chamfer": 2.0}})
+    assert old.loss.chamfer_gt_to_pred == 2.0
+    assert from_dict(LossWeights, {"chamfer": 3.0, "edge": 0.2}).chamfer_gt_to_pred == 3.0
+    with pytest.raises(ConfigError, match=r"loss.chamfer_gt_to_pred: expected a number, got 'x'"):
+        from_dict(Config, {"loss": {"chamfer": "x"}})

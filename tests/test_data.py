@@ -1,4 +1,5 @@
 """Data formats: .dat reading, file lists, the dataset, collation, R2N2 conversion, images."""
+
 from __future__ import annotations
 
 import gzip
@@ -59,12 +60,13 @@ def test_load_dat_python3_pickle_roundtrip(tmp_path):
         np.testing.assert_array_equal(load_dat(path), array)
 
 
-
 def test_load_dat_refuses_malicious_pickle(tmp_path):
     marker = tmp_path / "marker"
     path = tmp_path / "evil.dat"
     path.write_bytes(pickle.dumps(CreatesFileWhenUnpickled(str(marker))))
-    with pytest.raises(DatFileError, match=r"evil\.dat: unsafe pickle.*builtins\.open|evil\.dat: unsafe pickle.*io\.open"):
+    with pytest.raises(
+        DatFileError, match=r"evil\.dat: unsafe pickle.*builtins\.open|evil\.dat: unsafe pickle.*io\.open"
+    ):
         load_dat(path)
     assert not marker.exists()
 
@@ -74,7 +76,10 @@ def test_load_dat_refuses_malicious_pickle(tmp_path):
     [
         (b"", "got an empty file"),
         (pickle.dumps(np.zeros((10, 6), np.float32), protocol=2)[:-20], "corrupt pickle"),
-        (pickle.dumps(np.zeros((10, 3), np.float32), protocol=2), r"expected a numeric \[N,6\] array, got float32 \[10, 3\]"),
+        (
+            pickle.dumps(np.zeros((10, 3), np.float32), protocol=2),
+            r"expected a numeric \[N,6\] array, got float32 \[10, 3\]",
+        ),
         (pickle.dumps({"a": 1}, protocol=2), "got dict"),
         (pickle.dumps(np.full((2, 6), np.nan, np.float32)), "NaN or Inf"),
         (b"not a pickle at all", "corrupt pickle"),
@@ -148,8 +153,14 @@ def test_collate_with_workers(shared_data):
 
 def test_collate_graphs_of_different_sizes():
     items = [
-        {"image": torch.zeros(3, 224, 224), "points": torch.randn(n, 3), "normals": torch.randn(n, 3),
-         "intrinsics": torch.eye(3), "category": "x", "name": str(n)}
+        {
+            "image": torch.zeros(3, 224, 224),
+            "points": torch.randn(n, 3),
+            "normals": torch.randn(n, 3),
+            "intrinsics": torch.eye(3),
+            "category": "x",
+            "name": str(n),
+        }
         for n in (5, 9, 2)
     ]
     batch = collate_samples(items)
@@ -161,7 +172,9 @@ def test_collate_graphs_of_different_sizes():
 def reference_camera(azimuth, elevation, distance):
     """The original generation procedure, written out independently in float64."""
     theta, phi = np.deg2rad(azimuth), np.deg2rad(elevation)
-    cam = np.array([distance * np.cos(phi) * np.cos(theta), distance * np.sin(phi), distance * np.cos(phi) * np.sin(theta)])
+    cam = np.array(
+        [distance * np.cos(phi) * np.cos(theta), distance * np.sin(phi), distance * np.cos(phi) * np.sin(theta)]
+    )
     z = cam / np.linalg.norm(cam)
     x = np.cross(np.array([0.0, 1.0, 0.0]), z)
     x = x / np.linalg.norm(x)

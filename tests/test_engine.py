@@ -1,4 +1,5 @@
 """End to end through the CLI: synth data, train, resume, eval, predict (tiny model)."""
+
 from __future__ import annotations
 
 import csv
@@ -22,8 +23,24 @@ def invoke(*args: str):
 
 
 def train_args(data: Path, config: Path, out: Path, name: str, epochs: int):
-    return ["train", "--preset", "cpu-quick", "--config", config, "--data", data, "--out", out, "--name", name,
-            "--epochs", epochs, "--device", "cpu", "--quiet"]
+    return [
+        "train",
+        "--preset",
+        "cpu-quick",
+        "--config",
+        config,
+        "--data",
+        data,
+        "--out",
+        out,
+        "--name",
+        name,
+        "--epochs",
+        epochs,
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
 
 
 def weights(path: Path):
@@ -36,14 +53,35 @@ def test_train_resume_eval_predict(tiny_data, tiny_config, tmp_path):
     result = invoke(*train_args(tiny_data, tiny_config, runs, "straight", 2))
     assert result.exit_code == 0, result.output
     run = runs / "straight"
-    for name in ("config.yaml", "last.pt", "best.pt", "metrics.csv", "curves.png", "preview_epoch001.png",
-                 "preview_epoch002.png"):
+    for name in (
+        "config.yaml",
+        "last.pt",
+        "best.pt",
+        "metrics.csv",
+        "curves.png",
+        "preview_epoch001.png",
+        "preview_epoch002.png",
+    ):
         assert (run / name).is_file(), name
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
-    for key in ("train_chamfer", "train_edge", "train_laplacian", "train_normal", "train_move", "val_cd",
-                "val_f@0.0001", "val_f@0.0002", "lr", "samples_per_s", "val_blank_cd", "val_blank_f@0.0001",
-                "val_ellipsoid_cd", "val_ellipsoid_f@0.0001", "val_image_sensitivity"):
+    for key in (
+        "train_chamfer",
+        "train_edge",
+        "train_laplacian",
+        "train_normal",
+        "train_move",
+        "val_cd",
+        "val_f@0.0001",
+        "val_f@0.0002",
+        "lr",
+        "samples_per_s",
+        "val_blank_cd",
+        "val_blank_f@0.0001",
+        "val_ellipsoid_cd",
+        "val_ellipsoid_f@0.0001",
+        "val_image_sensitivity",
+    ):
         assert key in rows[0] and np.isfinite(float(rows[0][key])), key
     assert float(rows[1]["val_image_sensitivity"]) > 0
 
@@ -67,8 +105,21 @@ def test_train_resume_eval_predict(tiny_data, tiny_config, tmp_path):
 
     # eval through the CLI, with JSON
     json_path = tmp_path / "eval.json"
-    result = invoke("eval", "--checkpoint", run / "best.pt", "--data", tiny_data, "--list", "test_list.txt",
-                    "--device", "cpu", "--workers", "0", "--json", json_path)
+    result = invoke(
+        "eval",
+        "--checkpoint",
+        run / "best.pt",
+        "--data",
+        tiny_data,
+        "--list",
+        "test_list.txt",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--json",
+        json_path,
+    )
     assert result.exit_code == 0, result.output
     assert "| chair |" in result.output and "| **mean** |" in result.output and "image sensitivity" in result.output
     assert "| CD model | CD blank | CD ellipsoid |" in result.output
@@ -82,8 +133,19 @@ def test_train_resume_eval_predict(tiny_data, tiny_config, tmp_path):
 
     image = next(tiny_data.rglob("00.png"))
     out = tmp_path / "pred.ply"
-    result = invoke("predict", image, "-o", out, "--checkpoint", run / "best.pt", "--all-levels",
-                    "--preview", tmp_path / "preview.png", "--device", "cpu")
+    result = invoke(
+        "predict",
+        image,
+        "-o",
+        out,
+        "--checkpoint",
+        run / "best.pt",
+        "--all-levels",
+        "--preview",
+        tmp_path / "preview.png",
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     mesh = o3d.io.read_triangle_mesh(str(out))
     assert len(mesh.vertices) == 2466 and len(mesh.triangles) == 4928
@@ -126,8 +188,10 @@ def test_train_resume_eval_predict(tiny_data, tiny_config, tmp_path):
     assert np.array_equal(np.asarray(plain_mesh.triangles), np.asarray(smooth_mesh.triangles))
     face = torch.from_numpy(np.asarray(plain_mesh.triangles)).t().long()
     adjacency, face_batch = face_adjacency(face), torch.zeros(face.size(1), dtype=torch.long)
-    roughness = [dihedral_roughness(torch.from_numpy(np.asarray(m.vertices)), face, adjacency, face_batch, 1).item()
-                 for m in (plain_mesh, smooth_mesh)]
+    roughness = [
+        dihedral_roughness(torch.from_numpy(np.asarray(m.vertices)), face, adjacency, face_batch, 1).item()
+        for m in (plain_mesh, smooth_mesh)
+    ]
     assert roughness[1] < roughness[0]
 
 
@@ -153,12 +217,100 @@ def test_unknown_config_key_is_named(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_predict_without_checkpoint_says_how_to_get_one(tmp_path, shared_data, monkeypatch):
+def test_predict_without_checkpoint_or_bundled_model_says_how_to_get_one(tmp_path, shared_data, monkeypatch):
+    import p2m_geo.pretrained as pretrained
+
+    monkeypatch.setattr(pretrained, "FOLDER", tmp_path / "no-bundled-models")
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(cli, ["predict", str(shared_data / "examples" / "car.png"), "-o", "car.ply"])
     assert result.exit_code != 0
-    assert "run `p2m-geo train` first or pass --checkpoint" in result.output
+    assert "run `p2m-geo train` or pass --checkpoint" in result.output
     assert not (tmp_path / "car.ply").exists()
+
+
+def test_export_then_predict_falls_back_to_the_bundled_model(
+    tmp_path, shared_data, tiny_checkpoint, monkeypatch, caplog
+):
+    """A checkpoint exported with metadata into the bundled folder: listed by `models`, loaded
+    with weights_only (half precision) and used by `predict` when no runs/*/best.pt exists."""
+    import p2m_geo.pretrained as pretrained
+    from p2m_geo.checkpoint import load_checkpoint, model_from_checkpoint
+
+    folder = tmp_path / "bundled"
+    folder.mkdir()
+    monkeypatch.setattr(pretrained, "FOLDER", folder)
+    monkeypatch.setattr(pretrained, "DEFAULT_MODEL", "tiny")
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text('{"car_f_tau": 12.5}')
+    result = invoke(
+        "models",
+        "export",
+        tiny_checkpoint,
+        folder / "tiny.pt",
+        "--command",
+        "p2m-geo train --x",
+        "--data",
+        "synth-v2",
+        "--metrics",
+        metrics,
+        "--commit",
+        "abc123",
+    )
+    assert result.exit_code == 0, result.output
+    bundled = torch.load(folder / "tiny.pt", weights_only=True)
+    assert bundled["metadata"]["command"] == "p2m-geo train --x" and bundled["metadata"]["commit"] == "abc123"
+    assert all(t.dtype == torch.float16 for t in bundled["model"].values() if t.is_floating_point())
+    listing = invoke("models")
+    assert "tiny (default)" in listing.output and "p2m-geo train --x" in listing.output and "12.5" in listing.output
+
+    monkeypatch.chdir(tmp_path)  # no runs/ here
+    with caplog.at_level("INFO", logger="p2m_geo.cli.predict"):
+        result = invoke("predict", shared_data / "examples" / "car.png", "-o", tmp_path / "car.ply", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "(bundled model tiny)" in caplog.text
+    # the half-precision weights give the float32 model's mesh to half-precision accuracy
+    import open3d as o3d
+
+    written = np.asarray(o3d.io.read_triangle_mesh(str(tmp_path / "car.ply")).vertices)
+    reference = model_from_checkpoint(load_checkpoint(tiny_checkpoint)).eval()
+    from p2m_geo.camera import default_intrinsics
+    from p2m_geo.data.images import load_image
+
+    with torch.no_grad():
+        expected = (
+            reference(load_image(shared_data / "examples" / "car.png")[None], default_intrinsics(1)).meshes[-1].pos
+        )
+    np.testing.assert_allclose(written, expected.numpy(), atol=2e-3)
+
+
+def test_principal_point_and_focal_reach_the_projection(tmp_path, shared_data, tiny_checkpoint):
+    """--focal/--principal change the intrinsics the model projects with (so the mesh)."""
+    import open3d as o3d
+
+    image = shared_data / "examples" / "car.png"
+    meshes = {}
+    for name, extra in {
+        "default": [],
+        "explicit": ["--focal", "248", "--principal", "111.5", "111.5"],
+        "moved": ["--focal", "300", "--principal", "100", "120"],
+    }.items():
+        result = invoke(
+            "predict", image, "-o", tmp_path / f"{name}.ply", "--checkpoint", tiny_checkpoint, "--device", "cpu", *extra
+        )
+        assert result.exit_code == 0, result.output
+        meshes[name] = np.asarray(o3d.io.read_triangle_mesh(str(tmp_path / f"{name}.ply")).vertices)
+    np.testing.assert_array_equal(meshes["default"], meshes["explicit"])
+    assert np.abs(meshes["default"] - meshes["moved"]).max() > 1e-6
+
+
+def test_default_intrinsics_principal_point():
+    from p2m_geo.camera import default_intrinsics, project
+
+    intrinsics = default_intrinsics(2, 200.0, (100.0, 120.0))
+    point = torch.tensor([[0.1, 0.2, -1.0]])
+    uv = project(point, intrinsics[:1])
+    # u = f X / -Z + c_x, v = f (-Y) / -Z + c_y, written out
+    np.testing.assert_allclose(uv.numpy(), [[200 * 0.1 + 100, 200 * -0.2 + 120]], rtol=1e-6)
 
 
 @pytest.mark.slow
@@ -166,8 +318,17 @@ def test_ddp_two_cpu_processes(tiny_data, tmp_path):
     """torchrun with 2 gloo processes: identical weights on both ranks, one run folder."""
     worker = Path(__file__).with_name("ddp_worker.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(worker), str(tiny_data), str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(worker),
+        str(tiny_data),
+        str(tmp_path),
+    ]
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     rank0 = torch.load(tmp_path / "weights_rank0.pt", weights_only=True)
@@ -179,3 +340,98 @@ def test_ddp_two_cpu_processes(tiny_data, tmp_path):
     assert not any(k.startswith("module.") for k in checkpoint["model"])
     for key in rank0:
         assert torch.equal(checkpoint["model"][key], rank0[key]), key
+
+
+class ToyEncoder(torch.nn.Module):
+    """Average pooling at strides 4..32 and a 1x1 convolution: the smallest valid Encoder."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mix = torch.nn.Conv2d(3, 5, 1)
+        self.channels = [5, 5, 5, 5]
+
+    def reset_parameters(self) -> None:
+        self.mix.reset_parameters()
+
+    def forward(self, images):
+        return [self.mix(torch.nn.functional.avg_pool2d(images, stride)) for stride in (4, 8, 16, 32)]
+
+
+def test_a_registered_encoder_trains_through_the_cli(tiny_data, tiny_config, tmp_path, monkeypatch):
+    """Adding a backbone is one registry entry: config validation, the CLI choice and the model pick it up."""
+    from p2m_geo.models.encoders import ENCODERS
+
+    monkeypatch.setitem(ENCODERS, "toy", lambda width, weights_path, pretrained: ToyEncoder())
+    result = invoke(
+        "train",
+        "--preset",
+        "cpu-quick",
+        "--config",
+        tiny_config,
+        "--data",
+        tiny_data,
+        "--backbone",
+        "toy",
+        "--out",
+        tmp_path,
+        "--name",
+        "toy",
+        "--epochs",
+        "1",
+        "--max-steps",
+        "1",
+        "--quiet",
+    )
+    assert result.exit_code == 0, result.output
+    assert weights(tmp_path / "toy" / "last.pt")["encoder.mix.weight"].shape == (5, 3, 1, 1)
+    refused = invoke("train", "--backbone", "nope", "--out", tmp_path)
+    assert refused.exit_code == 2 and "'nope' is not one of" in refused.output and "toy" in refused.output
+
+
+def test_a_registered_dataset_format_trains_through_the_cli(tiny_data, tiny_config, tmp_path, monkeypatch):
+    """Adding a dataset format is one factory entry: config validation and training pick it up."""
+    from p2m_geo.data import ShapeNetP2M
+    from p2m_geo.data.factory import DATASET_FORMATS
+
+    used = []
+
+    def two_views(config, ctx, progress):
+        used.append(config.data.format)
+        lines = (tiny_data / "train_list.txt").read_text().splitlines()[:2]
+        return ShapeNetP2M(tiny_data, lines), ShapeNetP2M(tiny_data, lines)
+
+    monkeypatch.setitem(DATASET_FORMATS, "two-views", two_views)
+    config = tmp_path / "format.yaml"
+    config.write_text(tiny_config.read_text() + "data:\n  format: two-views\n")
+    result = invoke(
+        "train",
+        "--preset",
+        "cpu-quick",
+        "--config",
+        config,
+        "--out",
+        tmp_path,
+        "--name",
+        "fmt",
+        "--epochs",
+        "1",
+        "--quiet",
+    )
+    assert result.exit_code == 0, result.output
+    assert used == ["two-views"]
+    history = list(csv.DictReader(open(tmp_path / "fmt" / "metrics.csv")))
+    assert len(history) == 1 and int(history[0]["step"]) == 1  # 2 views, batch 2: one step
+
+
+def test_train_checkpoint_round_trip_is_what_resume_reads(tiny_data, tiny_config, tmp_path):
+    from p2m_geo.checkpoint import load_checkpoint
+    from p2m_geo.engine import TrainCheckpoint
+
+    result = invoke(*train_args(tiny_data, tiny_config, tmp_path, "ckpt", 1))
+    assert result.exit_code == 0, result.output
+    raw = load_checkpoint(tmp_path / "ckpt" / "last.pt")
+    restored = TrainCheckpoint.from_dict(raw)
+    assert set(restored.to_dict()) | {"format_version"} == set(raw)
+    assert restored.train_state["epoch"] == 1 and restored.history[-1]["epoch"] == 1
+    with pytest.raises(ValueError, match="expected a training checkpoint, got none for 'optimizer'"):
+        TrainCheckpoint.from_dict({k: v for k, v in raw.items() if k != "optimizer"})

@@ -1,4 +1,5 @@
-"""A non-editable install (wheel) carries the CLI and the mesh assets."""
+"""A non-editable install (wheel) carries the CLI, the mesh assets and the bundled model."""
+
 from __future__ import annotations
 
 import os
@@ -11,7 +12,9 @@ import pytest
 
 from conftest import REPO
 
-IGNORED = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", "runs", ".pytest_cache", ".venv*")
+IGNORED = shutil.ignore_patterns(
+    ".git", "build", "dist", "*.egg-info", "__pycache__", "runs", ".pytest_cache", ".venv*"
+)
 
 
 @pytest.mark.slow
@@ -20,11 +23,24 @@ def test_wheel_install_has_cli_and_meshes(tmp_path: Path):
     shutil.copytree(REPO, source, ignore=IGNORED)
     wheels, site = tmp_path / "wheels", tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(wheels),
+            str(source),
+        ],
         check=True,
     )
     (wheel,) = wheels.glob("p2m_geo-*.whl")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)], check=True
+    )
 
     env = {**os.environ, "PYTHONPATH": str(site)}
     check = (
@@ -33,6 +49,10 @@ def test_wheel_install_has_cli_and_meshes(tmp_path: Path):
         f"assert p2m_geo.__file__.startswith({str(site)!r}), p2m_geo.__file__;"
         f"assert p2m_geo.meshes.__file__.startswith({str(site)!r});"
         "h = ellipsoid_hierarchy();"
+        "from p2m_geo.pretrained import bundled_path, load_bundled;"
+        f"assert str(bundled_path()).startswith({str(site)!r});"
+        "load_bundled();"
+        "import p2m_geo.ops, p2m_geo.data.factory;"
         "print([d.num_nodes for d in h.levels])"
     )
     out = subprocess.run([sys.executable, "-c", check], env=env, cwd=tmp_path, capture_output=True, text=True)

@@ -1,4 +1,5 @@
 """Mesh losses against float64 loops / dense numpy written here, independently."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -73,18 +74,7 @@ def ref_normal_loss(pos: np.ndarray, edge_index, normals: np.ndarray) -> float:
     return float(np.mean(values))
 
 
-@pytest.fixture(params=["index_add", "pyg", "torch_scatter"])
-def scatter_backend(request):
-    from p2m_geo import scatter
-
-    if request.param == "torch_scatter" and not scatter.torch_scatter_available():
-        pytest.skip("torch_scatter (optional extra) is not installed")
-    scatter.set_scatter_backend(request.param)
-    yield request.param
-    scatter.set_scatter_backend("index_add")
-
-
-def test_edge_length_matches_loop(levels, scatter_backend):
+def test_edge_length_matches_loop(levels):
     graphs, batch = mixed_batch(levels)
     values = edge_length_loss(batch.pos, batch.edge_index, batch.batch, reduction="none")
     expected = [ref_edge_length(g) for g in graphs]
@@ -92,13 +82,12 @@ def test_edge_length_matches_loop(levels, scatter_backend):
     torch.testing.assert_close(edge_length_loss(batch.pos, batch.edge_index, batch.batch), values.mean())
 
 
-def test_laplacian_matches_loop(levels, scatter_backend):
+def test_laplacian_matches_loop(levels):
     graphs, batch = mixed_batch(levels)
     _, after = mixed_batch(levels, seed=10)
     values = laplacian_loss(batch.pos, after.pos, batch.edge_index, batch.batch, reduction="none")
     expected = [
-        ref_laplacian_loss(g.pos.numpy(), a.pos.numpy(), g.edge_index)
-        for g, a in zip(graphs, after.to_data_list())
+        ref_laplacian_loss(g.pos.numpy(), a.pos.numpy(), g.edge_index) for g, a in zip(graphs, after.to_data_list())
     ]
     np.testing.assert_allclose(values.numpy(), expected, rtol=1e-10)
 
@@ -114,8 +103,7 @@ def test_laplacian_on_cached_edge_index_matches_loop(levels):
     before32, after32 = batch.pos.float(), after.pos.float().requires_grad_(True)
     values = laplacian_loss(before32, after32, csr, batch.batch, reduction="none")
     expected = [
-        ref_laplacian_loss(g.pos.numpy(), a.pos.numpy(), g.edge_index)
-        for g, a in zip(graphs, after.to_data_list())
+        ref_laplacian_loss(g.pos.numpy(), a.pos.numpy(), g.edge_index) for g, a in zip(graphs, after.to_data_list())
     ]
     np.testing.assert_allclose(values.detach().numpy(), expected, rtol=1e-4)
     # gradient against float64 autograd of the scatter path
@@ -140,11 +128,11 @@ def random_clouds(sizes, seed):
     return clouds, torch.cat(clouds), batch
 
 
-@pytest.mark.parametrize("nearest,chunk_bytes", [("matmul", None), ("matmul", 2000), ("kdtree", None)])
-def test_chamfer_matches_dense_reference(nearest, chunk_bytes):
+@pytest.mark.parametrize("search,chunk_bytes", [("matmul", None), ("matmul", 2000), ("kdtree", None)])
+def test_chamfer_matches_dense_reference(search, chunk_bytes):
     xs, x, xb = random_clouds([40, 7, 120], seed=1)
     ys, y, yb = random_clouds([90, 33, 15], seed=2)
-    result = chamfer_distance(x, xb, y, yb, reduction="none", nearest=nearest, chunk_bytes=chunk_bytes)
+    result = chamfer_distance(x, xb, y, yb, reduction="none", search=search, chunk_bytes=chunk_bytes)
     x_off = y_off = 0
     for b, (xi, yi) in enumerate(zip(xs, ys)):
         d_xy, d_yx, nn_x, nn_y = ref_chamfer(xi.numpy(), yi.numpy())
@@ -165,7 +153,7 @@ def test_chamfer_on_real_shapenet_points(levels, shared_data):
     y = torch.from_numpy(np.concatenate([g[:, :3] for g in gts]))
     yb = torch.repeat_interleave(torch.arange(2), torch.tensor([len(g) for g in gts]))
     result = chamfer_distance(x, xb, y, yb, reduction="none")
-    matmul = chamfer_distance(x, xb, y, yb, reduction="none", nearest="matmul")
+    matmul = chamfer_distance(x, xb, y, yb, reduction="none", search="matmul")
     torch.testing.assert_close(matmul.x_to_y, result.x_to_y, rtol=1e-5, atol=0)
     for b in range(2):
         d_xy, d_yx, _, _ = ref_chamfer(preds[b].astype(np.float64), gts[b][:, :3].astype(np.float64))
@@ -173,7 +161,7 @@ def test_chamfer_on_real_shapenet_points(levels, shared_data):
         assert result.y_to_x[b].item() == pytest.approx(d_yx, rel=1e-5)
 
 
-def test_normal_loss_matches_loop(levels, scatter_backend):
+def test_normal_loss_matches_loop(levels):
     graphs, batch = mixed_batch(levels)
     generator = torch.Generator().manual_seed(4)
     normals = torch.randn(batch.num_nodes, 3, generator=generator, dtype=torch.float64)
@@ -219,7 +207,9 @@ def test_gradients_match_finite_differences(levels):
     before = batch.pos.clone()
     pos = (batch.pos + 0.01 * torch.randn_like(batch.pos)).requires_grad_(True)
     generator = torch.Generator().manual_seed(9)
-    gt = torch.randn(60, 3, generator=generator, dtype=torch.float64) * 0.2 + torch.tensor([0, 0, -0.8], dtype=torch.float64)
+    gt = torch.randn(60, 3, generator=generator, dtype=torch.float64) * 0.2 + torch.tensor(
+        [0, 0, -0.8], dtype=torch.float64
+    )
     gt_batch = torch.repeat_interleave(torch.arange(2), torch.tensor([25, 35]))
     normals = torch.randn(batch.num_nodes, 3, generator=generator, dtype=torch.float64)
     e, b = batch.edge_index, batch.batch
@@ -279,10 +269,12 @@ def test_p2m_loss_combines_weighted_terms():
     model = Pixel2Mesh(ModelConfig(encoder_width=0.25, hidden=16, num_residual=1, image_branch=True))
     images = torch.rand(2, 3, 224, 224)
     output = model(images, default_intrinsics(2), reconstruct_image=True)
-    gt = Batch.from_data_list([
-        Data(pos=torch.randn(300, 3) * 0.2 + torch.tensor([0, 0, -0.8]), normal=torch.randn(300, 3)),
-        Data(pos=torch.randn(200, 3) * 0.2 + torch.tensor([0, 0, -0.8]), normal=torch.randn(200, 3)),
-    ])
+    gt = Batch.from_data_list(
+        [
+            Data(pos=torch.randn(300, 3) * 0.2 + torch.tensor([0, 0, -0.8]), normal=torch.randn(300, 3)),
+            Data(pos=torch.randn(200, 3) * 0.2 + torch.tensor([0, 0, -0.8]), normal=torch.randn(200, 3)),
+        ]
+    )
     weights = LossWeights(face_normal=0.01)
     loss_fn = P2MLoss(weights)
     loss_fn.regulariser_scale = 1.5  # an annealing factor on edge, Laplacian and face-normal terms
@@ -294,26 +286,44 @@ def test_p2m_loss_combines_weighted_terms():
     torch.testing.assert_close(terms["edge"], expected_edge)
     # Laplacian: block 1 with its extra factor, relative to each block's input positions
     factors = [weights.laplacian_first_block, 1.0, 1.0]
-    expected_laplacian = sum(1.5 * f * weights.laplacian * laplacian_loss(b, m.pos, m.edge_index, m.batch)
-                             for f, b, m in zip(factors, output.pos_before, output.meshes))
+    expected_laplacian = sum(
+        1.5 * f * weights.laplacian * laplacian_loss(b, m.pos, m.edge_index, m.batch)
+        for f, b, m in zip(factors, output.pos_before, output.meshes)
+    )
     torch.testing.assert_close(terms["laplacian"], expected_laplacian)
     from p2m_geo.mesh_quality import face_adjacency
 
-    expected_face_normal = sum(1.5 * weights.face_normal * face_normal_loss(m.pos, m.face, face_adjacency(m.face),
-                                                                            m.batch[m.face[0]]) for m in output.meshes)
+    expected_face_normal = sum(
+        1.5 * weights.face_normal * face_normal_loss(m.pos, m.face, face_adjacency(m.face), m.batch[m.face[0]])
+        for m in output.meshes
+    )
     torch.testing.assert_close(terms["face_normal"], expected_face_normal)
-    assert terms["image"] > 0
-    expected_move = sum(weights.move * move_loss(b, m.pos, m.batch) for b, m in zip(output.pos_before[1:], output.meshes[1:]))
+    from p2m_geo.losses import image_reconstruction_loss
+
+    torch.testing.assert_close(terms["image"], weights.image * image_reconstruction_loss(output.image_logits, images))
+    logits, target = output.image_logits.detach().double(), images.double()
+    by_hand = (  # BCE with logits written out, plus L1 of the sigmoid
+        (torch.clamp(logits, min=0) - logits * target + torch.log1p(torch.exp(-logits.abs()))).mean()
+        + (torch.sigmoid(logits) - target).abs().mean()
+    )
+    torch.testing.assert_close(terms["image"].double(), weights.image * by_hand, rtol=1e-5, atol=1e-6)
+    expected_move = sum(
+        weights.move * move_loss(b, m.pos, m.batch) for b, m in zip(output.pos_before[1:], output.meshes[1:])
+    )
     torch.testing.assert_close(terms["move"], expected_move)
     # chamfer and normal: one shared vertex -> GT search for the three levels gives what
     # three independent calls give
     chamfers = [chamfer_distance(m.pos, m.batch, gt.pos, gt.batch) for m in output.meshes]
-    expected_chamfer = sum(weights.chamfer * c.y_to_x + weights.chamfer_pred_to_gt * c.x_to_y for c in chamfers)
+    expected_chamfer = sum(
+        weights.chamfer_gt_to_pred * c.y_to_x + weights.chamfer_pred_to_gt * c.x_to_y for c in chamfers
+    )
     torch.testing.assert_close(terms["chamfer"], expected_chamfer)
-    expected_normal = sum(weights.normal * normal_loss(m.pos, m.edge_index, m.batch, gt.normal[c.x_nearest])
-                          for m, c in zip(output.meshes, chamfers))
+    expected_normal = sum(
+        weights.normal * normal_loss(m.pos, m.edge_index, m.batch, gt.normal[c.x_nearest])
+        for m, c in zip(output.meshes, chamfers)
+    )
     torch.testing.assert_close(terms["normal"], expected_normal)
-    matmul_loss = P2MLoss(weights, nearest="matmul")
+    matmul_loss = P2MLoss(weights, search="matmul")
     matmul_loss.regulariser_scale = 1.5
     _, matmul_terms = matmul_loss(output, gt, images)
     for name, value in terms.items():
@@ -337,7 +347,8 @@ def test_face_normal_loss_matches_loop_over_adjacent_faces(levels):
                 by_edge.setdefault(frozenset((face[k], face[(k + 1) % 3])), []).append(f)
         expected.append(np.mean([1 - normals[f] @ normals[g] for f, g in by_edge.values()]))
     batch = Batch.from_data_list(meshes)
-    values = face_normal_loss(batch.pos, batch.face, face_adjacency(batch.face), batch.batch[batch.face[0]],
-                              reduction="none")
+    values = face_normal_loss(
+        batch.pos, batch.face, face_adjacency(batch.face), batch.batch[batch.face[0]], reduction="none"
+    )
     assert values.tolist() == pytest.approx(expected, rel=1e-10)
     assert values[1] > values[0] > 0

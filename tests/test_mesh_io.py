@@ -1,4 +1,5 @@
 """The native PLY writer, checked by reading back with open3d and against open3d's normals."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,7 +31,9 @@ def test_vertex_normals_match_loop_and_open3d(deformed_mesh):
     vertices, faces = deformed_mesh
     normals = vertex_normals(vertices, faces)
     np.testing.assert_allclose(normals, loop_vertex_normals(vertices, faces), rtol=1e-12, atol=1e-12)
-    mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(vertices), o3d.utility.Vector3iVector(faces.astype(np.int32)))
+    mesh = o3d.geometry.TriangleMesh(
+        o3d.utility.Vector3dVector(vertices), o3d.utility.Vector3iVector(faces.astype(np.int32))
+    )
     mesh.compute_vertex_normals()
     np.testing.assert_allclose(normals, np.asarray(mesh.vertex_normals), atol=1e-9)
     # an outward-oriented closed mesh: normals point away from the centre

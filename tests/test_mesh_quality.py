@@ -1,4 +1,5 @@
 """Mesh-quality metrics against brute-force references written here (loops, float64)."""
+
 from __future__ import annotations
 
 import itertools
@@ -36,7 +37,8 @@ def brute_force_self_intersecting(vertices, faces) -> float:
             continue  # neighbours (shared vertex) are not tested, as in open3d
         a, b = vertices[faces[i]], vertices[faces[j]]
         crossing = any(segment_hits_triangle(a[k], a[(k + 1) % 3], *b) for k in range(3)) or any(
-            segment_hits_triangle(b[k], b[(k + 1) % 3], *a) for k in range(3))
+            segment_hits_triangle(b[k], b[(k + 1) % 3], *a) for k in range(3)
+        )
         if crossing:
             hit[i] = hit[j] = True
     return hit.mean()
@@ -112,14 +114,26 @@ def test_normal_consistency_is_one_for_the_sampled_surface_and_ignores_orientati
     gt, gt_normals = (torch.from_numpy(a) for a in cube_surface(np.random.default_rng(2), 8000))
     zeros = torch.zeros(8, dtype=torch.long)
     gt_batch = torch.zeros(len(gt), dtype=torch.long)
-    value = normal_consistency(vertices, faces, zeros, gt, gt_normals, gt_batch, 1,
-                               generator=torch.Generator().manual_seed(0))
-    flipped = normal_consistency(vertices, faces.flip(0), zeros, gt, gt_normals, gt_batch, 1,
-                                 generator=torch.Generator().manual_seed(0))
-    assert value.item() > 0.95 and flipped.item() == pytest.approx(value.item(), abs=0.005)  # other samples, same surface
+    value = normal_consistency(
+        vertices, faces, zeros, gt, gt_normals, gt_batch, 1, generator=torch.Generator().manual_seed(0)
+    )
+    flipped = normal_consistency(
+        vertices, faces.flip(0), zeros, gt, gt_normals, gt_batch, 1, generator=torch.Generator().manual_seed(0)
+    )
+    assert value.item() > 0.95 and flipped.item() == pytest.approx(
+        value.item(), abs=0.005
+    )  # other samples, same surface
     # a sphere-like mesh against the cube's normals agrees much less
     level = ellipsoid_hierarchy().levels[1]
     pos = (level.pos.double() - level.pos.double().mean(0)) / 0.5 + 0.5
-    round_value = normal_consistency(pos, level.face, torch.zeros(len(pos), dtype=torch.long), gt, gt_normals,
-                                     gt_batch, 1, generator=torch.Generator().manual_seed(0))
+    round_value = normal_consistency(
+        pos,
+        level.face,
+        torch.zeros(len(pos), dtype=torch.long),
+        gt,
+        gt_normals,
+        gt_batch,
+        1,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert round_value.item() < value.item() - 0.05

@@ -1,4 +1,5 @@
 """Evaluation metrics against brute-force float64 references."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -64,8 +65,10 @@ def test_surface_samples_lie_on_the_faces():
 
 def test_surface_sampling_is_area_uniform():
     # two disjoint triangles: area 0.5 at z = 0 and area 1.5 at z = 1; plus a second graph
-    pos = torch.tensor([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [3, 0, 1], [0, 1, 1],
-                        [0, 0, 5], [1, 0, 5], [0, 1, 5]], dtype=torch.float64)
+    pos = torch.tensor(
+        [[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [3, 0, 1], [0, 1, 1], [0, 0, 5], [1, 0, 5], [0, 1, 5]],
+        dtype=torch.float64,
+    )
     face = torch.tensor([[0, 1, 2], [3, 4, 5], [6, 7, 8]]).t()
     batch = torch.tensor([0] * 6 + [1] * 3)
     points, point_batch = sample_points_on_faces(pos, face, batch, 2, 40000, torch.Generator().manual_seed(1))
@@ -87,8 +90,10 @@ def brute_force_point_cloud_metrics(pred, pred_n, gt, gt_n, thresholds):
     def abs_cos(u, v):
         return np.abs((u * v).sum(-1)) / (np.linalg.norm(u, axis=-1) * np.linalg.norm(v, axis=-1))
 
-    out = {"chamfer_l2": (p_d ** 2).mean() + (g_d ** 2).mean(),
-           "normal_consistency": 0.5 * (abs_cos(pred_n, gt_n[p_nn]).mean() + abs_cos(gt_n, pred_n[g_nn]).mean())}
+    out = {
+        "chamfer_l2": (p_d**2).mean() + (g_d**2).mean(),
+        "normal_consistency": 0.5 * (abs_cos(pred_n, gt_n[p_nn]).mean() + abs_cos(gt_n, pred_n[g_nn]).mean()),
+    }
     for t in thresholds:
         precision, recall = 100 * (p_d < t).mean(), 100 * (g_d < t).mean()
         out[f"f1@{t:g}"] = 2 * precision * recall / (precision + recall + 1e-8)
@@ -107,8 +112,9 @@ def test_point_cloud_metrics_match_mesh_rcnn_brute_force():
     gt_n = [rng.normal(size=g.shape) for g in gts]
     cat = lambda arrays: torch.from_numpy(np.concatenate(arrays))  # noqa: E731
     batch = lambda sizes: torch.repeat_interleave(torch.arange(2), torch.tensor(sizes))  # noqa: E731
-    values = point_cloud_metrics(cat(preds), cat(pred_n), batch(sizes_pred), cat(gts), cat(gt_n), batch(sizes_gt), 2,
-                                 thresholds=(0.1, 0.3, 0.5))
+    values = point_cloud_metrics(
+        cat(preds), cat(pred_n), batch(sizes_pred), cat(gts), cat(gt_n), batch(sizes_gt), 2, thresholds=(0.1, 0.3, 0.5)
+    )
     for b in range(2):
         expected = brute_force_point_cloud_metrics(preds[b], pred_n[b], gts[b], gt_n[b], (0.1, 0.3, 0.5))
         for key, value in expected.items():
@@ -128,8 +134,22 @@ def cube_surface(rng, count):
 
 def unit_cube_mesh():
     vertices = np.array([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)], dtype=np.float64)
-    faces = np.array([[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
-                      [2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]])
+    faces = np.array(
+        [
+            [0, 1, 3],
+            [0, 3, 2],
+            [4, 6, 7],
+            [4, 7, 5],
+            [0, 4, 5],
+            [0, 5, 1],
+            [2, 3, 7],
+            [2, 7, 6],
+            [0, 2, 6],
+            [0, 6, 4],
+            [1, 5, 7],
+            [1, 7, 3],
+        ]
+    )
     return torch.from_numpy(vertices), torch.from_numpy(faces).t().contiguous()
 
 
@@ -143,8 +163,16 @@ def test_meshrcnn_metrics_scale_by_the_gt_box_and_score_a_perfect_mesh_as_perfec
     zeros_v, zeros_g = torch.zeros(8, dtype=torch.long), torch.zeros(len(gt), dtype=torch.long)
 
     def run(scale, shift):
-        return meshrcnn_metrics(vertices * scale + shift, faces, zeros_v, gt * scale + shift, gt_normals, zeros_g, 1,
-                                generator=torch.Generator().manual_seed(5))
+        return meshrcnn_metrics(
+            vertices * scale + shift,
+            faces,
+            zeros_v,
+            gt * scale + shift,
+            gt_normals,
+            zeros_g,
+            1,
+            generator=torch.Generator().manual_seed(5),
+        )
 
     unit = run(1.0, 0.0)
     # the predicted cube is the GT surface: tiny chamfer, normals agree, F1 = 100 at every threshold
@@ -155,8 +183,16 @@ def test_meshrcnn_metrics_scale_by_the_gt_box_and_score_a_perfect_mesh_as_perfec
     for key in unit:
         assert small[key].item() == pytest.approx(unit[key].item(), rel=1e-6, abs=1e-9), key
     # a cube shrunk to half its size about its centre is worse on every count
-    shrunk = meshrcnn_metrics((vertices - 0.5) * 0.5 + 0.5, faces, zeros_v, gt, gt_normals, zeros_g, 1,
-                              generator=torch.Generator().manual_seed(5))
+    shrunk = meshrcnn_metrics(
+        (vertices - 0.5) * 0.5 + 0.5,
+        faces,
+        zeros_v,
+        gt,
+        gt_normals,
+        zeros_g,
+        1,
+        generator=torch.Generator().manual_seed(5),
+    )
     assert shrunk["chamfer_l2"] > 10 * unit["chamfer_l2"] and shrunk["f1@0.5"] < 50
 
 

@@ -1,4 +1,5 @@
 """Pixel2Mesh layers and network against hand-written references."""
+
 from __future__ import annotations
 
 import math
@@ -11,7 +12,7 @@ from torch_geometric.data import Batch, Data
 from p2m_geo import ModelConfig, Pixel2Mesh
 from p2m_geo.camera import default_intrinsics
 from p2m_geo.config import to_dict
-from p2m_geo.nn import GraphProjection, GraphUnpooling, GResNet
+from p2m_geo.nn import GraphProjection, GraphUnpooling, DeformationBlock
 from p2m_geo.nn.gresnet import glorot_zero_bias_
 
 SMALL = ModelConfig(encoder_width=0.25, hidden=16, num_residual=1, image_branch=True)
@@ -58,7 +59,10 @@ def test_projection_matches_per_vertex_loop(sizes, nodes_per_graph):
     pos = torch.cat([random_vertices(n, generator) for n in sizes])
     pos[0] = torch.tensor([5.0, 5.0, -1.0], dtype=torch.float64)  # far outside: border clamp
     batch = torch.repeat_interleave(torch.arange(3), torch.tensor(sizes))
-    maps = [torch.randn(3, c, s, s, generator=generator, dtype=torch.float64) for c, s in ((4, 56), (3, 28), (2, 14), (5, 7))]
+    maps = [
+        torch.randn(3, c, s, s, generator=generator, dtype=torch.float64)
+        for c, s in ((4, 56), (3, 28), (2, 14), (5, 7))
+    ]
     intrinsics = three_cameras()
     out = GraphProjection()(pos, batch, intrinsics, maps, nodes_per_graph=nodes_per_graph)
     assert out.shape == (sum(sizes), 3 + 4 + 3 + 2 + 5)
@@ -94,7 +98,9 @@ def test_projection_gradient_wrt_pos_matches_finite_differences():
 def test_projection_rejects_wrong_nodes_per_graph():
     pos = torch.zeros(6, 3) + torch.tensor([0.0, 0.0, -1.0])
     with pytest.raises(ValueError, match=r"nodes_per_graph: expected 2 graphs x 4 = 8 vertices, got 6"):
-        GraphProjection()(pos, torch.tensor([0, 0, 0, 1, 1, 1]), default_intrinsics(2), [torch.rand(2, 1, 7, 7)], nodes_per_graph=4)
+        GraphProjection()(
+            pos, torch.tensor([0, 0, 0, 1, 1, 1]), default_intrinsics(2), [torch.rand(2, 1, 7, 7)], nodes_per_graph=4
+        )
 
 
 def test_unpooling_appends_midpoint_features_per_graph():
@@ -122,7 +128,7 @@ def test_gresnet_matches_dense_reference(channels):
     edges = [(0, 1), (1, 2), (2, 3), (3, 0), (0, 2), (4, 5), (5, 6), (6, 4), (2, 4)]
     edge_index = torch.tensor(edges + [(j, i) for i, j in edges]).t()
     x = torch.randn(num_nodes, channels, generator=generator, dtype=torch.float64)
-    network = GResNet(channels, hidden, num_residual=2).double()
+    network = DeformationBlock(channels, hidden, num_residual=2).double()
     adjacency = np.zeros((num_nodes, num_nodes))
     for i, j in edge_index.t().tolist():
         adjacency[j, i] = 1.0
@@ -188,7 +194,13 @@ def expected_parameter_count(config: ModelConfig, feature_channels) -> int:
         return body + (graph_conv(h, h // 2) + graph_conv(h // 2, 3) if tail else graph_conv(h, 3))
 
     width = [max(4, int(round(b * config.encoder_width))) for b in (16, 32, 64, 128, 256, 512)]
-    convs = [(3, width[0], 3), (width[0], width[0], 3), (width[0], width[1], 3), (width[1], width[1], 3), (width[1], width[1], 3)]
+    convs = [
+        (3, width[0], 3),
+        (width[0], width[0], 3),
+        (width[0], width[1], 3),
+        (width[1], width[1], 3),
+        (width[1], width[1], 3),
+    ]
     previous = width[1]
     # the stride-2 conv opening each stage is 5x5 for the 14 and 7 px stages, the rest 3x3
     for c, k, n in ((width[2], 3, 3), (width[3], 3, 3), (width[4], 5, 3), (width[5], 5, 4)):
@@ -197,8 +209,12 @@ def expected_parameter_count(config: ModelConfig, feature_channels) -> int:
             previous = c
     encoder = sum(ci * co * k * k + co for ci, co, k in convs)
     features = 3 + sum(feature_channels)
-    return encoder + gresnet(features) + gresnet(features + config.hidden) + gresnet(
-        features + config.hidden, tail=config.last_block_tail)
+    return (
+        encoder
+        + gresnet(features)
+        + gresnet(features + config.hidden)
+        + gresnet(features + config.hidden, tail=config.last_block_tail)
+    )
 
 
 def test_default_model_parameter_count():
@@ -241,7 +257,9 @@ def run_batch_equivalence(device: torch.device, memory_format=torch.contiguous_f
                     together.meshes[level].pos[mask], alone.meshes[level].pos, atol=1e-5, rtol=1e-5
                 )
     # different cameras must matter: graphs 0 and 3 share nothing
-    assert not torch.allclose(together.meshes[2].pos[together.meshes[2].batch == 0], together.meshes[2].pos[together.meshes[2].batch == 3])
+    assert not torch.allclose(
+        together.meshes[2].pos[together.meshes[2].batch == 0], together.meshes[2].pos[together.meshes[2].batch == 3]
+    )
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels-last"])
@@ -272,13 +290,23 @@ def test_forward_backward_batch_of_8_default_model():
     assert model.encoder.stages[0][0][0].weight.grad.abs().sum() > 0
 
 
-def test_save_and_reload_weights_only(tmp_path):
+def test_save_and_reload_through_p2m_geo_checkpoint(tmp_path, monkeypatch):
+    """save_checkpoint -> load_checkpoint (which must use weights_only=True) -> model_from_checkpoint."""
+    from p2m_geo import checkpoint as checkpoint_module
+
     model = Pixel2Mesh(SMALL).eval()
     path = tmp_path / "model.pt"
-    torch.save({"model_config": to_dict(model.config), "state_dict": model.state_dict()}, path)
-    checkpoint = torch.load(path, weights_only=True)
-    restored = Pixel2Mesh(ModelConfig(**checkpoint["model_config"])).eval()
-    restored.load_state_dict(checkpoint["state_dict"], strict=True)
+    checkpoint_module.save_checkpoint(path, {"model_config": to_dict(model.config), "model": model.state_dict()})
+    calls = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    restored = checkpoint_module.model_from_checkpoint(checkpoint_module.load_checkpoint(path)).eval()
+    assert calls == [True]
     images = torch.rand(1, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(
@@ -338,14 +366,15 @@ def test_bf16_autocast_matches_float32_within_tolerance():
 
 
 def test_amp_training_step_keeps_losses_in_float32():
-    from p2m_geo.engine import ModelWithLoss
+    from p2m_geo.training import ModelWithLoss
     from p2m_geo.losses import P2MLoss
     from types import SimpleNamespace
 
     model = Pixel2Mesh(SMALL)
     step = ModelWithLoss(model, P2MLoss(), amp=True)
-    target = Batch.from_data_list([Data(pos=torch.randn(200, 3) * 0.2 + torch.tensor([0, 0, -0.8]),
-                                        normal=torch.randn(200, 3)) for _ in range(2)])
+    target = Batch.from_data_list(
+        [Data(pos=torch.randn(200, 3) * 0.2 + torch.tensor([0, 0, -0.8]), normal=torch.randn(200, 3)) for _ in range(2)]
+    )
     batch = SimpleNamespace(images=torch.rand(2, 3, 224, 224), intrinsics=default_intrinsics(2), target=target)
     total, terms = step(batch, use_image_branch=True)
     assert total.dtype == torch.float32 and torch.isfinite(total)
@@ -398,8 +427,9 @@ def test_fused_graph_conv_gradcheck_and_saves_less_for_backward():
     params = (layer.lin_rel.weight, layer.lin_rel.bias, layer.lin_root.weight)
 
     def run(x_, w_rel, bias, w_root):
-        return torch.func.functional_call(layer, {"lin_rel.weight": w_rel, "lin_rel.bias": bias,
-                                                  "lin_root.weight": w_root}, (x_, edge_index))
+        return torch.func.functional_call(
+            layer, {"lin_rel.weight": w_rel, "lin_rel.bias": bias, "lin_root.weight": w_root}, (x_, edge_index)
+        )
 
     inputs = (x,) + tuple(p.detach().clone().requires_grad_(True) for p in params)
     assert torch.autograd.gradcheck(run, inputs)

@@ -1,9 +1,9 @@
 """Reliability and security: crashes, bad input, untrusted files, fuzzing, determinism."""
+
 from __future__ import annotations
 
 import csv
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -22,13 +22,16 @@ from p2m_geo.data import ImageFileError, load_image
 from p2m_geo.models import Pixel2Mesh
 
 
-
-
-
 def cli(*args, cwd=None, timeout=300):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "p2m_geo.cli.main", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "p2m_geo.cli.main", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+    )
 
 
 # -------------------------------------------------------------------------- checkpoints
@@ -84,7 +87,9 @@ def test_checkpoint_version_and_config_mismatch(tmp_path, tiny_checkpoint):
 # --------------------------------------------------------------------------- non-finite
 def test_non_finite_steps_are_skipped_then_training_stops(tiny_data):
     from p2m_geo.data import ShapeNetP2M
-    from p2m_geo.engine import DistributedContext, ModelWithLoss, TrainingStopped, TrainState, make_loader, train_one_epoch
+    from p2m_geo.data.factory import make_loader
+    from p2m_geo.runtime import DistributedContext
+    from p2m_geo.training import ModelWithLoss, TrainingStopped, TrainState, train_one_epoch
     from p2m_geo.losses import P2MLoss
 
     dataset = ShapeNetP2M(tiny_data, tiny_data / "train_list.txt")
@@ -113,21 +118,47 @@ def test_non_finite_steps_are_skipped_then_training_stops(tiny_data):
             return total * float("inf") * 0, terms
 
     with pytest.raises(TrainingStopped, match=r"training diverged at step 1 \(.* in 3 steps in a row\); lower --lr"):
-        train_one_epoch(ModelWithLoss(model, AlwaysNaN()), loader, optimizer, torch.device("cpu"), TrainState(),
-                        False, max_bad_steps=3, quiet=True)
+        train_one_epoch(
+            ModelWithLoss(model, AlwaysNaN()),
+            loader,
+            optimizer,
+            torch.device("cpu"),
+            TrainState(),
+            False,
+            max_bad_steps=3,
+            quiet=True,
+        )
 
 
 # ------------------------------------------------------------------------ crash safety
 @pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical(tiny_data, tiny_config, tmp_path):
-    common = ["train", "--preset", "cpu-quick", "--config", tiny_config, "--data", tiny_data, "--out", tmp_path,
-              "--epochs", 3, "--device", "cpu", "--quiet"]
+    common = [
+        "train",
+        "--preset",
+        "cpu-quick",
+        "--config",
+        tiny_config,
+        "--data",
+        tiny_data,
+        "--out",
+        tmp_path,
+        "--epochs",
+        3,
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     straight = cli(*common, "--name", "straight")
     assert straight.returncode == 0, straight.stderr[-2000:]
 
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    process = subprocess.Popen([sys.executable, "-m", "p2m_geo.cli.main", *map(str, common), "--name", "killed"],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "p2m_geo.cli.main", *map(str, common), "--name", "killed"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     last = tmp_path / "killed" / "last.pt"
     deadline = time.time() + 300
     while not last.exists() and time.time() < deadline and process.poll() is None:
@@ -218,6 +249,7 @@ def test_image_modes_and_huge_image(tmp_path):
     for name in ("g.png", "g16.png", "p.png", "c.jpg"):
         assert load_image(tmp_path / name).shape == (3, 224, 224), name
 
+
 def _peak_rss_growth_mb(function) -> float:
     """Peak-RSS growth of ``function()`` run in a fresh process (ru_maxrss never goes down)."""
     import multiprocessing
@@ -298,8 +330,19 @@ def test_bad_lists_and_corrupt_sample_through_cli(tmp_path, tiny_data, tiny_conf
     result = cli("eval", "--checkpoint", tiny_checkpoint, "--data", copy, "--list", "train_list.txt", "--workers", 0)
     assert result.returncode != 0 and victim.name in result.stderr and "corrupt pickle" in result.stderr
     assert "Traceback" not in result.stderr
-    result = cli("eval", "--checkpoint", tiny_checkpoint, "--data", copy, "--list", "train_list.txt", "--workers", 0,
-                 "--on-bad-sample", "skip")
+    result = cli(
+        "eval",
+        "--checkpoint",
+        tiny_checkpoint,
+        "--data",
+        copy,
+        "--list",
+        "train_list.txt",
+        "--workers",
+        0,
+        "--on-bad-sample",
+        "skip",
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -359,8 +402,9 @@ print(accepted, rejected)
 def test_fuzz_dat_and_image_readers(tmp_path):
     """Mutated and random bytes: only the readers' own errors, no crash, no hang (the child
     process is killed after a generous time limit, which would fail the test)."""
-    result = subprocess.run([sys.executable, "-c", FUZZ_SCRIPT, str(tmp_path)], capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", FUZZ_SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     accepted, rejected = map(int, result.stdout.split())
     assert accepted + rejected == 500 and rejected > 100
@@ -403,10 +447,22 @@ def test_predict_refuses_colliding_or_clobbering_outputs_before_any_work(tmp_pat
     original = photo.read_bytes()
     (tmp_path / "out").mkdir()
     # the preview may not be an input, an output, or anything but .png
-    for preview, message in ((photo, "--preview: expected a new file"),
-                             (tmp_path / "out" / "same.ply", "--preview: expected a .png file")):
-        result = cli("predict", photo, "-o", tmp_path / "out" / "same.ply", "--preview", preview,
-                     "--checkpoint", tiny_checkpoint, "--device", "cpu")
+    for preview, message in (
+        (photo, "--preview: expected a new file"),
+        (tmp_path / "out" / "same.ply", "--preview: expected a .png file"),
+    ):
+        result = cli(
+            "predict",
+            photo,
+            "-o",
+            tmp_path / "out" / "same.ply",
+            "--preview",
+            preview,
+            "--checkpoint",
+            tiny_checkpoint,
+            "--device",
+            "cpu",
+        )
         assert result.returncode != 0 and message in result.stderr, result.stderr
         errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
         assert len(errors) == 1 and message in errors[0]  # one line says it all
@@ -422,8 +478,18 @@ def test_predict_refuses_colliding_or_clobbering_outputs_before_any_work(tmp_pat
     assert result.returncode != 0 and "expected distinct output files, got" in result.stderr, result.stderr
     assert not (tmp_path / "deep").exists()  # nothing created, not even the folder
     # a bad preview folder is found before the model runs, and leaves no mesh behind
-    result = cli("predict", a, "-o", tmp_path / "out" / "a.ply", "--preview", tmp_path / "nodir" / "p.png",
-                 "--checkpoint", tiny_checkpoint, "--device", "cpu")
+    result = cli(
+        "predict",
+        a,
+        "-o",
+        tmp_path / "out" / "a.ply",
+        "--preview",
+        tmp_path / "nodir" / "p.png",
+        "--checkpoint",
+        tiny_checkpoint,
+        "--device",
+        "cpu",
+    )
     assert result.returncode != 0 and "--preview: expected an existing folder" in result.stderr
     assert not (tmp_path / "out" / "a.ply").exists()
 
@@ -443,8 +509,23 @@ def test_nan_weights_are_refused_at_load_naming_the_tensor(tmp_path, shared_data
 
 # --------------------------------------------------------------------- run folders and lists
 def _train(tiny_data, tiny_config, out, *extra):
-    return cli("train", "--config", tiny_config, "--data", tiny_data, "--out", out, "--epochs", 1, "--max-steps", 1,
-               "--device", "cpu", "--quiet", *extra)
+    return cli(
+        "train",
+        "--config",
+        tiny_config,
+        "--data",
+        tiny_data,
+        "--out",
+        out,
+        "--epochs",
+        1,
+        "--max-steps",
+        1,
+        "--device",
+        "cpu",
+        "--quiet",
+        *extra,
+    )
 
 
 @pytest.mark.slow
@@ -457,7 +538,9 @@ def test_run_folders_are_never_shared_or_overwritten(tmp_path, tiny_data, tiny_c
     (kept / "metrics.csv").write_text("epoch\n1\n")
     result = _train(tiny_data, tiny_config, tmp_path / "runs", "--name", "kept")
     assert result.returncode != 0 and "--name: expected a new or empty run folder" in result.stderr
-    assert (kept / "metrics.csv").read_text() == "epoch\n1\n" and sorted(p.name for p in kept.iterdir()) == ["metrics.csv"]
+    assert (kept / "metrics.csv").read_text() == "epoch\n1\n" and sorted(p.name for p in kept.iterdir()) == [
+        "metrics.csv"
+    ]
     # two runs without --name started in the same second get two folders
     from p2m_geo.cli.train import _fresh_run_dir
 
@@ -492,7 +575,7 @@ def test_list_entries_outside_the_root_are_refused():
 
 
 def test_relative_list_names_are_relative_to_the_data_root(tmp_path, monkeypatch):
-    from p2m_geo.engine import resolve_list
+    from p2m_geo.data.factory import resolve_list
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "test_list.txt").write_text("decoy\n")  # a list in the working directory ...
@@ -537,8 +620,11 @@ def test_full_disk_during_a_checkpoint_save_says_so_and_keeps_the_previous(tmp_p
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(OSError, match=r"checkpoint: expected to write .*last.pt, got a full disk \(ENOSPC\); "
-                                      r"the earlier checkpoints are kept"):
+    with pytest.raises(
+        OSError,
+        match=r"checkpoint: expected to write .*last.pt, got a full disk \(ENOSPC\); "
+        r"the earlier checkpoints are kept",
+    ):
         save_checkpoint(path, {"model_config": {}, "model": {"w": torch.zeros(3)}, "epoch": 2})
     assert load_checkpoint(path)["epoch"] == 1 and not list(tmp_path.glob(".*tmp*"))
 
@@ -546,9 +632,11 @@ def test_full_disk_during_a_checkpoint_save_says_so_and_keeps_the_previous(tmp_p
 def test_errors_from_dataloader_workers_and_interrupts_read_as_one_line():
     from p2m_geo.cli.errors import one_line
 
-    wrapped = ValueError("Caught DatFileError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
-                         "last):\n  File \"x.py\", line 1, in f\np2m_geo.data.dat.DatFileError: bad.dat: expected a "
-                         "float32 array, got a str")
+    wrapped = ValueError(
+        "Caught DatFileError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+        'last):\n  File "x.py", line 1, in f\np2m_geo.data.dat.DatFileError: bad.dat: expected a '
+        "float32 array, got a str"
+    )
     assert one_line(wrapped) == "bad.dat: expected a float32 array, got a str"
     assert one_line(ValueError("plain message\nmore")) == "plain message"
 

@@ -14,6 +14,7 @@ the camera frame as :math:`p_{cam} = (s\,p - \mathbf{c})R^\top`, :math:`n_{cam} 
 with the ShapeNet-to-R2N2 scale :math:`s = 0.57`. The camera then looks down
 :math:`-Z` with :math:`y` up, as :mod:`p2m_geo.camera` expects.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,7 +23,15 @@ from typing import List, Tuple
 
 import numpy as np
 
-__all__ = ["R2N2_OBJECT_SCALE", "ViewParameters", "read_rendering_metadata", "view_rotation_and_position", "object_to_camera"]
+__all__ = [
+    "R2N2_OBJECT_SCALE",
+    "ViewParameters",
+    "read_rendering_metadata",
+    "view_rotation_and_position",
+    "object_to_camera",
+    "points_to_camera",
+    "points_to_object",
+]
 
 #: Scale applied to ShapeNet object coordinates before the camera transform.
 R2N2_OBJECT_SCALE = 0.57
@@ -60,10 +69,25 @@ def view_rotation_and_position(azimuth: float, elevation: float, distance: float
     return np.stack([x_axis, y_axis, z_axis]), position
 
 
-def object_to_camera(points: np.ndarray, normals: np.ndarray, view: ViewParameters,
-                     scale: float = R2N2_OBJECT_SCALE) -> Tuple[np.ndarray, np.ndarray]:
+def points_to_camera(
+    points: np.ndarray, rotation: np.ndarray, position: np.ndarray, scale: float = R2N2_OBJECT_SCALE
+) -> np.ndarray:
+    r"""Object frame -> camera frame, :math:`p_c = R\,(s\,p - c)`, in float64."""
+    return (scale * np.asarray(points, dtype=np.float64) - position) @ rotation.T
+
+
+def points_to_object(
+    points_cam: np.ndarray, rotation: np.ndarray, position: np.ndarray, scale: float = R2N2_OBJECT_SCALE
+) -> np.ndarray:
+    r"""The inverse of :func:`points_to_camera`: :math:`p = (R^\top p_c + c) / s`."""
+    return (np.asarray(points_cam, dtype=np.float64) @ rotation + position) / scale
+
+
+def object_to_camera(
+    points: np.ndarray, normals: np.ndarray, view: ViewParameters, scale: float = R2N2_OBJECT_SCALE
+) -> Tuple[np.ndarray, np.ndarray]:
     """Object-frame points/normals ``[N,3]`` to the camera frame of ``view`` (float32)."""
     rotation, position = view_rotation_and_position(*view)
-    points_cam = (scale * points.astype(np.float64) - position) @ rotation.T
+    points_cam = points_to_camera(points, rotation, position, scale)
     normals_cam = normals.astype(np.float64) @ rotation.T
     return points_cam.astype(np.float32), normals_cam.astype(np.float32)

@@ -1,4 +1,5 @@
 """Reader of ShapeNetP2M ``.dat`` files (pickled float32 ``[N,6]``: xyz + normals)."""
+
 from __future__ import annotations
 
 import os
@@ -42,9 +43,21 @@ def load_dat(path: str | os.PathLike) -> np.ndarray:
         array = restricted_loads(data)
     except UnsafePickleError as error:
         raise DatFileError(f"{path}: unsafe pickle, {error}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-            IndexError, KeyError, MemoryError, UnicodeDecodeError, OverflowError) as error:
-        raise DatFileError(f"{path}: expected a pickled [N,6] array, got a corrupt pickle ({type(error).__name__})") from None
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        MemoryError,
+        UnicodeDecodeError,
+        OverflowError,
+    ) as error:
+        raise DatFileError(
+            f"{path}: expected a pickled [N,6] array, got a corrupt pickle ({type(error).__name__})"
+        ) from None
     if not isinstance(array, np.ndarray):
         raise DatFileError(f"{path}: expected a pickled [N,6] array, got {type(array).__name__}")
     if array.dtype.kind not in "fiu" or array.ndim != 2 or array.shape[1] != 6 or array.shape[0] < 1:

@@ -6,6 +6,7 @@ are composited onto white; grayscale, palette, 16-bit and CMYK images are conver
 ``size``. Images over :data:`MAX_IMAGE_PIXELS` are refused from their header, before
 decoding; large ones are reduced in 8 bits before any float copy is made.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["ImageFileError", "load_image", "rgba_to_rgb_on_white", "MAX_IMAGE_PIXELS"]
+__all__ = ["ImageFileError", "load_image", "rgba_to_rgb_on_white", "to_uint8", "MAX_IMAGE_PIXELS"]
 
 #: Refuse images larger than this before decoding them (bounded memory: below PIL's own
 #: 89.5 MP decompression-bomb limit, so this is the one limit that applies).
@@ -26,6 +27,11 @@ log = logging.getLogger(__name__)
 
 class ImageFileError(ValueError):
     """An image that is missing, unreadable or not a supported picture."""
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """``[0, 1]`` floats -> uint8, rounded to nearest (the one conversion the package uses)."""
+    return (np.clip(image, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
 
 
 def rgba_to_rgb_on_white(rgba: np.ndarray) -> np.ndarray:
@@ -73,9 +79,7 @@ def load_image(path: str | os.PathLike, size: int = 224) -> Tensor:
             with Image.open(path) as image:
                 width, height = image.size
                 if width * height > MAX_IMAGE_PIXELS:
-                    raise ImageFileError(
-                        f"{path}: expected at most {MAX_IMAGE_PIXELS:,} pixels, got {width}x{height}"
-                    )
+                    raise ImageFileError(f"{path}: expected at most {MAX_IMAGE_PIXELS:,} pixels, got {width}x{height}")
                 image.draft("RGB", (size, size))  # JPEG: decode at reduced scale when large
                 rgba = _to_rgba8(ImageOps.exif_transpose(image))
                 rgba.load()

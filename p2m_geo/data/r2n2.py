@@ -1,4 +1,5 @@
 """Convert raw ShapeNet + R2N2 renderings into the ShapeNetP2M layout."""
+
 from __future__ import annotations
 
 import logging
@@ -23,6 +24,7 @@ SYNSET_PATTERN = re.compile(r"^\d{8}$")
 def find_model_folders(source: Path) -> List[Path]:
     """Model folders under ``source`` (itself, its children, or grandchildren) that hold
     ``model_normal.xyz`` and ``rendering/rendering_metadata.txt``."""
+
     def is_model(folder: Path) -> bool:
         return (folder / "model_normal.xyz").is_file() and (folder / "rendering" / "rendering_metadata.txt").is_file()
 
@@ -70,27 +72,34 @@ def convert_model(model_dir: Path, out_root: Path, synset: str) -> List[str]:
     return lines
 
 
-def convert_r2n2(source: os.PathLike, out_root: os.PathLike, synset: Optional[str] = None,
-                 progress: Optional[Iterable] = None) -> List[str]:
+def convert_r2n2(
+    source: os.PathLike, out_root: os.PathLike, synset: Optional[str] = None, progress: Optional[Iterable] = None
+) -> List[str]:
     """Convert every model folder under ``source``; returns the list lines written.
 
     The synset comes from ``synset`` or from an 8-digit parent folder name.
     """
     source, out_root = Path(source), Path(out_root)
     if not source.is_dir():
-        raise ValueError(f"source: expected a folder of ShapeNet models, got {'a file' if source.exists() else 'no such folder'}: {source}")
+        raise ValueError(
+            "source: expected a folder of ShapeNet models, got "
+            f"{'a file' if source.exists() else 'no such folder'}: {source}"
+        )
     models = find_model_folders(source)
     if not models:
-        raise ValueError(f"source: expected model folders with model_normal.xyz and rendering/, got none under {source}")
+        raise ValueError(
+            f"source: expected model folders with model_normal.xyz and rendering/, got none under {source}"
+        )
     if synset is not None and not SYNSET_PATTERN.match(synset):
         raise ValueError(f"synset: expected 8 digits, got {synset!r}")
     out_root.mkdir(parents=True, exist_ok=True)
     lines: List[str] = []
-    for model_dir in (progress(models) if progress else models):
+    for model_dir in progress(models) if progress else models:
         model_synset = synset or model_dir.parent.name
         if not SYNSET_PATTERN.match(model_synset):
             raise ValueError(
-                f"synset: expected --synset or an 8-digit synset folder above {model_dir.name}, got {model_dir.parent.name!r}"
+                f"synset: expected --synset or an 8-digit synset folder above {model_dir.name}, "
+                f"got {model_dir.parent.name!r}"
             )
         lines += convert_model(model_dir, out_root, model_synset)
     return lines

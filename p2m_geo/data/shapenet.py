@@ -1,4 +1,5 @@
 """ShapeNetP2M dataset (the Pixel2Mesh layout) and its batch collation."""
+
 from __future__ import annotations
 
 import gzip
@@ -78,7 +79,7 @@ class SampleRef:
 
 
 def _parse_line(text: str, number: int, source: str) -> SampleRef:
-    relative = text[len(LIST_PREFIX):] if text.startswith(LIST_PREFIX) else text
+    relative = text[len(LIST_PREFIX) :] if text.startswith(LIST_PREFIX) else text
     parts = relative.split("/")
     if any(part in (".", "..") or "\\" in part for part in parts):
         raise FileListError(f"{source}:{number}: expected a path inside the data root, got {text[:200]!r}")
@@ -98,7 +99,9 @@ def read_file_list(file_list: Union[str, os.PathLike, Sequence[str]]) -> List[Sa
         source = str(file_list)
         path = Path(file_list)
         if not path.is_file():
-            raise FileListError(f"file list: expected a text file, got {'a directory' if path.is_dir() else 'no such file'}: {source}")
+            raise FileListError(
+                f"file list: expected a text file, got {'a directory' if path.is_dir() else 'no such file'}: {source}"
+            )
         opener = gzip.open if path.suffix == ".gz" else open
         try:
             with opener(path, "rt", encoding="utf-8") as handle:
@@ -144,7 +147,9 @@ class ShapeNetP2M(Dataset):
             raise ValueError(f"on_bad_sample: expected 'fail' or 'skip', got {on_bad_sample!r}")
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FileListError(f"data root: expected a folder, got {'a file' if self.root.exists() else 'no such folder'}: {root}")
+            raise FileListError(
+                f"data root: expected a folder, got {'a file' if self.root.exists() else 'no such folder'}: {root}"
+            )
         self.samples = read_file_list(file_list)
         self.image_size = image_size
         self.on_bad_sample = on_bad_sample
@@ -210,8 +215,13 @@ class SampleBatch:
         )
 
     def pin_memory(self) -> "SampleBatch":
-        return SampleBatch(self.images.pin_memory(), self.intrinsics.pin_memory(), self.target.pin_memory(),
-                           self.categories, self.names)
+        return SampleBatch(
+            self.images.pin_memory(),
+            self.intrinsics.pin_memory(),
+            self.target.pin_memory(),
+            self.categories,
+            self.names,
+        )
 
     def __len__(self) -> int:
         return self.images.size(0)
@@ -224,15 +234,21 @@ def subsample_target(target: Batch, count: int, generator: Optional[torch.Genera
     Training on a fresh random subset each step keeps the GT -> prediction chamfer term an
     unbiased estimate while the nearest-neighbour searches, most of a CPU step, shrink
     with the cloud."""
-    keys = target.batch.to(torch.float64) + torch.rand(target.batch.shape, generator=generator,
-                                                         dtype=torch.float64, device=target.batch.device)
+    keys = target.batch.to(torch.float64) + torch.rand(
+        target.batch.shape, generator=generator, dtype=torch.float64, device=target.batch.device
+    )
     order = torch.argsort(keys)  # grouped by graph, random within each
     graph = target.batch[order]
     rank = torch.arange(order.numel(), device=order.device) - target.ptr[graph]
     chosen = order[rank < count].sort().values  # the original point order within each graph
-    return Batch(pos=target.pos[chosen], normal=target.normal[chosen], batch=target.batch[chosen],
-                 ptr=torch.cat([target.ptr.new_zeros(1), torch.bincount(target.batch[chosen],
-                                minlength=target.num_graphs).cumsum(0)]))
+    return Batch(
+        pos=target.pos[chosen],
+        normal=target.normal[chosen],
+        batch=target.batch[chosen],
+        ptr=torch.cat(
+            [target.ptr.new_zeros(1), torch.bincount(target.batch[chosen], minlength=target.num_graphs).cumsum(0)]
+        ),
+    )
 
 
 def collate_samples(items: Sequence[Dict[str, object]]) -> SampleBatch:

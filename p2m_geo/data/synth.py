@@ -17,6 +17,7 @@ Output layout (same as ShapeNetP2M)::
 Deterministic: model ``i`` of class ``k`` draws from ``numpy.random.default_rng([seed, k, i])``,
 so the bytes do not depend on the number of worker processes.
 """
+
 from __future__ import annotations
 
 import functools
@@ -29,16 +30,29 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from p2m_geo.camera import SHAPENET_CENTER, SHAPENET_FOCAL, IMAGE_SIZE
-from p2m_geo.data.camera_r2n2 import R2N2_OBJECT_SCALE, view_rotation_and_position
+from p2m_geo.data.camera_r2n2 import points_to_camera, points_to_object, view_rotation_and_position
 from p2m_geo.data.dat import save_dat
 from p2m_geo.data.shapenet import CATEGORY_TO_SYNSET
 from p2m_geo.io_utils import atomic_path, atomic_write_bytes
+from p2m_geo.render import RENDER_SIZE, cast_camera_rays, render_view
 
-__all__ = ["CATEGORIES", "SynthSpec", "build_shape", "render_view", "sample_surface", "generate_dataset", "contact_sheet"]
+__all__ = [
+    "CATEGORIES",
+    "DATASET_VERSIONS",
+    "SynthSpec",
+    "build_shape",
+    "build_shape_parts",
+    "render_view",
+    "render_view_textured",
+    "lathe",
+    "loft",
+    "silhouette_statistics",
+    "sample_surface",
+    "generate_dataset",
+    "contact_sheet",
+]
 
 CATEGORIES = list(CATEGORY_TO_SYNSET)  # 13 names, ShapeNet order
-RENDER_SIZE = 137
 GT_POINTS = 9000
 
 
@@ -134,7 +148,10 @@ def _bench(rng):
 
 def _cabinet(rng):
     width, height, depth = rng.uniform(0.5, 1.0), rng.uniform(0.6, 1.3), rng.uniform(0.35, 0.6)
-    parts = [box((width, height, depth), (0, height / 2 + 0.05, 0)), box((width * 0.95, 0.05, depth * 0.9), (0, 0.025, 0))]
+    parts = [
+        box((width, height, depth), (0, height / 2 + 0.05, 0)),
+        box((width * 0.95, 0.05, depth * 0.9), (0, 0.025, 0)),
+    ]
     doors = int(rng.integers(1, 4))
     for k in range(doors):
         y = 0.05 + height * (k + 0.5) / doors
@@ -149,8 +166,9 @@ def _car(rng):
     wheel = rng.uniform(0.08, 0.11)
     parts = [box((length, height, width), (0, wheel + height / 2, 0))]
     cabin = length * rng.uniform(0.4, 0.6)
-    parts.append(box((cabin, height * rng.uniform(0.7, 1.0), width * 0.9),
-                     (rng.uniform(-0.1, 0.05), wheel + height * 1.3, 0)))
+    parts.append(
+        box((cabin, height * rng.uniform(0.7, 1.0), width * 0.9), (rng.uniform(-0.1, 0.05), wheel + height * 1.3, 0))
+    )
     for sx in (-1, 1):
         for sz in (-1, 1):
             parts.append(cylinder(wheel, 0.07, (sx * length * 0.32, wheel, sz * (width / 2)), "z"))
@@ -240,7 +258,9 @@ def _table(rng):
             cylinder(0.05, height, (0, height / 2, 0), "y"),
             cylinder(radius * 0.5, 0.04, (0, 0.02, 0), "y"),
         ]
-    return [box((width, thickness, depth), (0, height, 0))] + _legs(rng, width, depth, height - thickness / 2, rng.uniform(0.04, 0.08))
+    return [box((width, thickness, depth), (0, height, 0))] + _legs(
+        rng, width, depth, height - thickness / 2, rng.uniform(0.04, 0.08)
+    )
 
 
 def _telephone(rng):
@@ -270,27 +290,363 @@ def _watercraft(rng):
     return parts
 
 
-SHAPE_FAMILIES: Dict[str, Callable] = {
-    "airplane": _airplane, "bench": _bench, "cabinet": _cabinet, "car": _car, "chair": _chair,
-    "display": _display, "lamp": _lamp, "loudspeaker": _loudspeaker, "rifle": _rifle, "sofa": _sofa,
-    "table": _table, "telephone": _telephone, "watercraft": _watercraft,
+# ----------------------------------------------------------------------------- version 2 shapes
+_LATHE_AXES = {
+    "y": np.eye(3),
+    "x": np.array([[0.0, 1, 0], [-1, 0, 0], [0, 0, 1]]),  # y -> x
+    "z": np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]]),  # y -> z
 }
 
 
-def build_shape(category: str, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
-    """``(vertices [V,3] float64, triangles [F,3] int64)`` of one instance, normalised like
-    ShapeNet (bounding box centred at the origin, diagonal 1)."""
+def _mesh(vertices: np.ndarray, triangles: np.ndarray):
+    o3d = _o3d()
+    return o3d.geometry.TriangleMesh(
+        o3d.utility.Vector3dVector(np.asarray(vertices, float)),
+        o3d.utility.Vector3iVector(np.asarray(triangles, np.int32)),
+    )
+
+
+def loft(rings: np.ndarray):
+    """Closed mesh through ``rings`` ``[S,K,3]`` (S cross-sections of K points each, in the
+    same order), both ends capped by a fan around the ring's mean; faces oriented outwards
+    (flipped if the signed volume comes out negative)."""
+    rings = np.asarray(rings, float)
+    sections, k = rings.shape[:2]
+    index = np.arange(sections * k).reshape(sections, k)
+    nxt = np.roll(index, -1, axis=1)
+    lo, hi, lo_n, hi_n = index[:-1], index[1:], nxt[:-1], nxt[1:]
+    triangles = [np.stack([lo, hi, lo_n], -1).reshape(-1, 3), np.stack([lo_n, hi, hi_n], -1).reshape(-1, 3)]
+    vertices = [rings.reshape(-1, 3), rings[0].mean(0, keepdims=True), rings[-1].mean(0, keepdims=True)]
+    first, last = sections * k, sections * k + 1
+    triangles.append(np.stack([np.full(k, first), index[0], nxt[0]], -1))
+    triangles.append(np.stack([np.full(k, last), nxt[-1], index[-1]], -1))
+    vertices, triangles = np.concatenate(vertices), np.concatenate(triangles)
+    a, b, c = (vertices[triangles[:, j]] for j in range(3))
+    if np.einsum("ij,ij->i", a, np.cross(b, c)).sum() < 0:
+        triangles = triangles[:, ::-1]
+    return _mesh(vertices, triangles)
+
+
+def lathe(
+    radii: Sequence[float],
+    heights: Sequence[float],
+    center: Sequence[float] = (0, 0, 0),
+    axis: str = "y",
+    resolution: int = 24,
+):
+    """Closed surface of revolution: the profile ``radii[i]`` at ``heights[i]`` (increasing)
+    turned about ``axis`` through ``center`` (:func:`loft` of circles)."""
+    radii, heights = np.asarray(radii, float), np.asarray(heights, float)
+    angles = np.linspace(0, 2 * np.pi, resolution, endpoint=False)
+    rings = np.stack(
+        [np.outer(radii, np.cos(angles)), np.repeat(heights[:, None], resolution, 1), np.outer(radii, np.sin(angles))],
+        axis=-1,
+    )
+    return loft(rings @ _LATHE_AXES[axis].T + np.asarray(center, float))
+
+
+def ellipsoid(radii: Sequence[float], center: Sequence[float]):
+    mesh = _o3d().geometry.TriangleMesh.create_sphere(1.0, resolution=12)
+    vertices = np.asarray(mesh.vertices) * np.asarray(radii, float) + np.asarray(center, float)
+    return _mesh(vertices, np.asarray(mesh.triangles))
+
+
+def warp(mesh, function: Callable[[np.ndarray], np.ndarray]):
+    """``mesh`` with its vertices moved by ``function`` ``[V,3] -> [V,3]`` (same faces)."""
+    return _mesh(function(np.asarray(mesh.vertices)), np.asarray(mesh.triangles))
+
+
+def _wing(
+    rng,
+    span: float,
+    chord: float,
+    thickness: float,
+    root: Sequence[float],
+    sweep: float,
+    taper: float,
+    dihedral: float = 0.0,
+) -> list:
+    """Two tapered, swept half-wings (boxes warped so the chord shrinks and the leading edge
+    moves back with the distance from the root)."""
+    parts = []
+    for side in (-1, 1):
+        half = box((span / 2, thickness, chord), (side * span / 4, 0, 0))
+
+        def shape(v, side=side):
+            t = np.abs(v[:, 0]) / (span / 2)
+            out = v.copy()
+            out[:, 2] = v[:, 2] * (1 - taper * t) - sweep * t * span / 2
+            out[:, 1] = v[:, 1] * (1 - 0.5 * taper * t) + dihedral * t * span / 2
+            return out + np.asarray(root, float)
+
+        parts.append(warp(half, shape))
+    return parts
+
+
+def _airplane_v2(rng):
+    length, radius = rng.uniform(0.8, 1.2), rng.uniform(0.04, 0.08)
+    t = np.array([0.0, 0.04, 0.12, 0.3, 0.7, 0.9, 1.0])
+    profile = radius * np.array([0.05, 0.55, 0.9, 1.0, 1.0, 0.55, 0.15]) * rng.uniform(0.9, 1.1, size=7)
+    parts = [lathe(profile, (t - 0.5) * length, axis="z", resolution=16)]
+    span, chord = rng.uniform(0.7, 1.3), rng.uniform(0.12, 0.28)
+    sweep, taper = rng.uniform(0.0, 0.6), rng.uniform(0.2, 0.7)
+    wing_z, wing_y = rng.uniform(-0.1, 0.1), rng.uniform(-0.6, 0.5) * radius
+    parts += _wing(rng, span, chord, rng.uniform(0.012, 0.03), (0, wing_y, wing_z), sweep, taper, rng.uniform(0, 0.12))
+    if rng.random() < 0.2:  # biplane: a second wing above, on struts
+        gap = rng.uniform(0.12, 0.2)
+        parts += _wing(rng, span * rng.uniform(0.85, 1.0), chord, 0.02, (0, wing_y + gap, wing_z), 0.0, taper * 0.3)
+        for side in (-1, 1):
+            parts.append(box((0.015, gap, 0.015), (side * span * 0.3, wing_y + gap / 2, wing_z)))
+    tail_z = -length / 2 + chord * 0.35
+    parts += _wing(rng, span * rng.uniform(0.25, 0.4), chord * 0.5, 0.015, (0, radius * 0.4, tail_z), sweep * 0.8, 0.4)
+    fin_sweep = rng.uniform(0.3, 1.0)
+    fin = warp(
+        box((0.02, rng.uniform(0.12, 0.22), chord * 0.7), (0, 0, 0)),
+        lambda v: (
+            v + np.stack([0 * v[:, 0], 0 * v[:, 1], -v[:, 1] * fin_sweep], 1) + np.array([0, radius + 0.07, tail_z])
+        ),
+    )
+    parts.append(fin)
+    if rng.random() < 0.6:
+        for side in (-1, 1):
+            parts.append(
+                lathe(
+                    radius * 0.45 * np.array([0.6, 1, 1, 0.7]),
+                    np.array([0, 0.2, 0.8, 1]) * chord * 0.9,
+                    (side * span * 0.25, wing_y - radius * 0.7, wing_z - chord * 0.4),
+                    axis="z",
+                    resolution=12,
+                )
+            )
+    return parts
+
+
+def _car_v2(rng):
+    length, width, height = rng.uniform(0.95, 1.2), rng.uniform(0.38, 0.48), rng.uniform(0.11, 0.17)
+    wheel = rng.uniform(0.06, 0.09)
+    nose, tail = rng.uniform(0.1, 0.45), rng.uniform(0.0, 0.35)
+
+    def rounded_body(v):  # lower the top edge towards the ends, narrow the roof
+        u = v[:, 0] / (length / 2)
+        drop = np.where(u > 0, nose, tail) * np.abs(u) ** 2
+        out = v.copy()
+        top = v[:, 1] > 0
+        out[top, 1] -= drop[top] * height
+        return out + np.array([0, wheel + height / 2, 0])
+
+    parts = [warp(box((length, height, width), (0, 0, 0)), rounded_body)]
+    cabin, cabin_h = length * rng.uniform(0.4, 0.65), height * rng.uniform(0.55, 0.9)
+    slope, rng_shift = rng.uniform(0.15, 0.45), rng.uniform(-0.12, 0.05)
+
+    def trapezoid(v):  # the roof shorter and narrower than the cabin's base
+        out = v.copy()
+        top = v[:, 1] > 0
+        out[top, 0] *= 1 - slope
+        out[top, 2] *= 0.85
+        return out + np.array([rng_shift, wheel + height + cabin_h / 2 - 0.01, 0])
+
+    parts.append(warp(box((cabin, cabin_h, width * 0.9), (0, 0, 0)), trapezoid))
+    for sx in (-1, 1):
+        for sz in (-1, 1):
+            parts.append(cylinder(wheel, 0.07, (sx * length * rng.uniform(0.28, 0.35), wheel, sz * (width / 2)), "z"))
+    return parts
+
+
+def _chair_v2(rng):
+    seat, height = rng.uniform(0.4, 0.55), rng.uniform(0.38, 0.5)
+    thickness = rng.uniform(0.03, 0.07)
+    parts = [box((seat, thickness, seat * rng.uniform(0.9, 1.1)), (0, height, 0))]
+    leg = rng.uniform(0.02, 0.05)
+    splay = rng.uniform(0.0, 0.08)
+    if rng.random() < 0.2:  # swivel chair: column and star base
+        parts.append(cylinder(0.03, height, (0, height / 2, 0)))
+        for k in range(5):
+            angle = 2 * np.pi * k / 5
+            arm = box((seat * 0.5, 0.03, 0.04), (0, 0, 0))
+            rotation = np.array([[np.cos(angle), 0, np.sin(angle)], [0, 1, 0], [-np.sin(angle), 0, np.cos(angle)]])
+            parts.append(warp(arm, lambda v, r=rotation: (v + np.array([seat * 0.25, 0.03, 0])) @ r.T))
+    else:
+        for sx in (-1, 1):
+            for sz in (-1, 1):
+                x, z = sx * (seat / 2 - leg), sz * (seat / 2 - leg)
+                column = box((leg, height - thickness / 2, leg), (x, (height - thickness / 2) / 2, z))
+                # splayed: the foot moves outwards by ``splay``
+                parts.append(
+                    warp(column, lambda v, sx=sx, sz=sz: v + splay * (v[:, 1:2] < 0.01) * np.array([sx, 0, sz]))
+                )
+    back, tilt = rng.uniform(0.35, 0.6), rng.uniform(0.0, 0.35)
+    curve = rng.uniform(0.0, 0.06)
+    back_mesh = box((seat, back, 0.035), (0, 0, 0))
+    parts.append(
+        warp(
+            back_mesh,
+            lambda v: np.stack(
+                [
+                    v[:, 0],
+                    v[:, 1] + height + back / 2,
+                    v[:, 2] - seat / 2 + 0.02 - tilt * (v[:, 1] + back / 2) + curve * (2 * v[:, 0] / seat) ** 2,
+                ],
+                1,
+            ),
+        )
+    )
+    if rng.random() < 0.35:
+        for side in (-1, 1):
+            parts.append(box((0.04, 0.04, seat * 0.9), (side * seat / 2, height + 0.2, 0)))
+            parts.append(box((0.04, 0.2, 0.04), (side * seat / 2, height + 0.1, seat * 0.35)))
+    return parts
+
+
+def _lamp_v2(rng):
+    height, shade = rng.uniform(0.5, 1.0), rng.uniform(0.12, 0.3)
+    base = rng.uniform(0.1, 0.22)
+    parts = [
+        lathe(
+            [base, base, base * rng.uniform(0.3, 0.9), 0.0], [0, 0.02, rng.uniform(0.04, 0.1), rng.uniform(0.1, 0.14)]
+        ),
+        cylinder(rng.uniform(0.01, 0.022), height, (0, height / 2, 0), "y"),
+    ]
+    kind = rng.random()
+    top = height
+    if kind < 0.6:  # shade: a frustum-like surface of revolution, open end pointing down
+        bottom, upper, tall = shade, shade * rng.uniform(0.4, 0.9), shade * rng.uniform(0.7, 1.4)
+        bulge = rng.uniform(0.9, 1.15)
+        parts.append(
+            lathe(
+                [bottom, bottom * 0.98, (bottom + upper) / 2 * bulge, upper, upper * 0.95],
+                np.array([0, 0.02, 0.5, 0.98, 1.0]) * tall + top - tall * 0.6,
+            )
+        )
+    elif kind < 0.8:  # globe
+        parts.append(ellipsoid((shade * 0.7,) * 3, (0, top, 0)))
+    else:  # desk lamp: an arm and a cone head
+        reach = rng.uniform(0.15, 0.35)
+        parts.append(box((reach, 0.02, 0.02), (reach / 2, top, 0)))
+        parts.append(lathe([0.0, shade * 0.35, shade * 0.6], [0, shade * 0.5, shade], (reach, top - shade * 0.9, 0)))
+    return parts
+
+
+def _rifle_v2(rng):
+    length, tilt = rng.uniform(0.9, 1.2), rng.uniform(0.0, 0.5)
+    body = length * rng.uniform(0.25, 0.35)
+    drop = rng.uniform(0.02, 0.08)
+    stock_len = length * rng.uniform(0.25, 0.35)
+    stock = warp(
+        box((stock_len, rng.uniform(0.06, 0.1), 0.045), (0, 0, 0)),
+        lambda v: np.stack(
+            [
+                v[:, 0] - body / 2 - stock_len / 2,
+                v[:, 1] * (1 + 0.8 * (0.5 - v[:, 0] / stock_len)) - drop * (0.5 - v[:, 0] / stock_len),
+                v[:, 2],
+            ],
+            1,
+        ),
+    )
+    parts = [
+        cylinder(rng.uniform(0.01, 0.018), length * 0.5, (body / 2 + length * 0.25, 0.05, 0), "x"),
+        box((body, rng.uniform(0.07, 0.11), 0.05), (0, 0.03, 0)),
+        stock,
+        warp(
+            box((0.05, rng.uniform(0.1, 0.18), 0.035), (0, 0, 0)),
+            lambda v: v + np.stack([-v[:, 1] * tilt, 0 * v[:, 1], 0 * v[:, 1]], 1) + np.array([body * 0.2, -0.08, 0]),
+        ),
+    ]
+    if rng.random() < 0.5:
+        parts.append(cylinder(0.02, body * 0.9, (0, 0.1, 0), "x"))
+    return parts
+
+
+def _watercraft_v2(rng):
+    length, width, hull = rng.uniform(1.0, 1.4), rng.uniform(0.22, 0.4), rng.uniform(0.1, 0.2)
+    bow = rng.uniform(0.2, 0.4)
+
+    def hull_shape(v):  # pointed bow, narrower keel, sheer rising at the bow
+        u = (v[:, 0] / (length / 2) + 1) / 2  # 0 stern .. 1 bow
+        narrow = np.where(u > 1 - bow, np.clip((1 - u) / bow, 0.02, 1), 1.0)
+        out = v.copy()
+        out[:, 2] = v[:, 2] * narrow
+        out[:, 1] = v[:, 1] + (v[:, 1] > 0) * 0.06 * u**2
+        return out + np.array([0, hull / 2, 0])
+
+    section = np.array([[0.5, 1], [0, 0.97], [-0.35, 0.55], [-0.5, 0], [-0.35, -0.55], [0, -0.97], [0.5, -1], [0.5, 0]])
+    xs = np.linspace(-0.5, 0.5, 9) * length
+    rings = np.stack(
+        [np.stack([np.full(len(section), x), section[:, 0] * hull, section[:, 1] * width / 2], 1) for x in xs]
+    )
+    parts = [warp(loft(rings), hull_shape)]
+    parts.append(
+        box((length * rng.uniform(0.2, 0.4), rng.uniform(0.08, 0.2), width * 0.6), (-length * 0.1, hull + 0.07, 0))
+    )
+    if rng.random() < 0.6:
+        mast = rng.uniform(0.4, 0.8)
+        parts.append(cylinder(0.012, mast, (length * 0.1, hull + mast / 2, 0), "y"))
+        if rng.random() < 0.5:  # a sail: thin triangle-ish slab
+            parts.append(
+                warp(
+                    box((mast * 0.5, mast * 0.8, 0.01), (0, 0, 0)),
+                    lambda v: np.stack(
+                        [v[:, 0] * (0.5 - v[:, 1] / (mast * 0.8)) - mast * 0.15, v[:, 1] + hull + mast * 0.45, v[:, 2]],
+                        1,
+                    ),
+                )
+            )
+    return parts
+
+
+SHAPE_FAMILIES: Dict[str, Callable] = {
+    "airplane": _airplane,
+    "bench": _bench,
+    "cabinet": _cabinet,
+    "car": _car,
+    "chair": _chair,
+    "display": _display,
+    "lamp": _lamp,
+    "loudspeaker": _loudspeaker,
+    "rifle": _rifle,
+    "sofa": _sofa,
+    "table": _table,
+    "telephone": _telephone,
+    "watercraft": _watercraft,
+}
+
+
+#: Version 2 replaces these families by ones with curved, tapered and thin parts.
+SHAPE_FAMILIES_V2: Dict[str, Callable] = {
+    **SHAPE_FAMILIES,
+    "airplane": _airplane_v2,
+    "car": _car_v2,
+    "chair": _chair_v2,
+    "lamp": _lamp_v2,
+    "rifle": _rifle_v2,
+    "watercraft": _watercraft_v2,
+}
+DATASET_VERSIONS = (1, 2)
+
+
+def build_shape_parts(
+    category: str, rng: np.random.Generator, version: int = 1
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(vertices [V,3] float64, triangles [F,3] int64, part of each face [F] int64)`` of one
+    instance, normalised like ShapeNet (bounding box centred at the origin, diagonal 1)."""
     if category not in SHAPE_FAMILIES:
         raise ValueError(f"category: expected one of {', '.join(CATEGORIES)}, got {category!r}")
-    vertices, triangles, offset = [], [], 0
-    for part in SHAPE_FAMILIES[category](rng):
+    families = SHAPE_FAMILIES if version == 1 else SHAPE_FAMILIES_V2
+    vertices, triangles, face_part, offset = [], [], [], 0
+    for index, part in enumerate(families[category](rng)):
         v = np.asarray(part.vertices, dtype=np.float64)
         vertices.append(v)
         triangles.append(np.asarray(part.triangles, dtype=np.int64) + offset)
+        face_part.append(np.full(len(triangles[-1]), index, dtype=np.int64))
         offset += len(v)
     vertices, triangles = np.concatenate(vertices), np.concatenate(triangles)
     low, high = vertices.min(0), vertices.max(0)
     vertices = (vertices - (low + high) / 2) / np.linalg.norm(high - low)
+    return vertices, triangles, np.concatenate(face_part)
+
+
+def build_shape(category: str, rng: np.random.Generator, version: int = 1) -> Tuple[np.ndarray, np.ndarray]:
+    """``(vertices [V,3] float64, triangles [F,3] int64)``: :func:`build_shape_parts` without parts."""
+    vertices, triangles, _ = build_shape_parts(category, rng, version)
     return vertices, triangles
 
 
@@ -307,57 +663,43 @@ def sample_surface(vertices: np.ndarray, triangles: np.ndarray, count: int, rng:
     return points, normals
 
 
-def pixel_rays(size: int = RENDER_SIZE) -> np.ndarray:
-    """Camera-frame ray directions ``[size*size,3]`` through pixel centres of a ``size`` image
-    that covers the 224 network input (same convention as :func:`p2m_geo.camera.project`)."""
-    centres = (np.arange(size) + 0.5) * IMAGE_SIZE / size - 0.5
-    u, v = np.meshgrid(centres, centres)
-    dx = (u - SHAPENET_CENTER) / SHAPENET_FOCAL
-    dy = -(v - SHAPENET_CENTER) / SHAPENET_FOCAL
-    return np.stack([dx, dy, -np.ones_like(dx)], axis=-1).reshape(-1, 3)
+def render_view_textured(
+    vertices_cam: np.ndarray,
+    triangles: np.ndarray,
+    face_material: np.ndarray,
+    materials: Sequence,
+    lighting,
+    to_object: Callable[[np.ndarray], np.ndarray],
+    size: int = RENDER_SIZE,
+    supersample: int = 2,
+) -> np.ndarray:
+    """Textured Blinn-Phong RGBA render ``[size,size,4]`` uint8 (dataset version 2).
 
-
-@functools.lru_cache(maxsize=4)
-def _ray_bundle(size: int):
-    """Rays (origin at the camera) as float32 ``[size*size,6]`` and their unit directions."""
-    directions = pixel_rays(size)
-    rays = np.concatenate([np.zeros_like(directions), directions], axis=1).astype(np.float32)
-    unit = (directions / np.linalg.norm(directions, axis=1, keepdims=True)).astype(np.float32)
-    return rays, unit
-
-
-_LIGHT = (np.array([-0.4, 0.6, 0.7]) / np.linalg.norm([-0.4, 0.6, 0.7])).astype(np.float32)
-
-
-def render_view(vertices_cam: np.ndarray, triangles: np.ndarray, colour: np.ndarray, size: int = RENDER_SIZE,
-                supersample: int = 2) -> np.ndarray:
-    """Lambertian RGBA render ``[size,size,4]`` uint8 of a camera-frame mesh.
-
-    The background is transparent. Each pixel averages ``supersample`` x ``supersample``
-    rays, so alpha is the covered fraction (anti-aliased, like the R2N2 renderings)
-    and colour is the mean over the covering rays.
+    Like :func:`render_view`, but each face takes ``materials[face_material[f]]``
+    (:class:`p2m_geo.data.appearance.Material`), whose pattern is evaluated at the hit point
+    mapped back to the object frame by ``to_object``, lit by ``lighting``
+    (:func:`p2m_geo.data.appearance.shade`).
     """
-    o3d = _o3d()
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(o3d.core.Tensor(vertices_cam.astype(np.float32)), o3d.core.Tensor(triangles.astype(np.uint32)))
+    from p2m_geo.data.appearance import mix, shade
+
     fine = size * supersample
-    rays, unit = _ray_bundle(fine)
-    hit = scene.cast_rays(o3d.core.Tensor(rays))
-    index = np.flatnonzero(np.isfinite(hit["t_hit"].numpy()))
-    normals = hit["primitive_normals"].numpy()[index]
-    view = unit[index]
-    cos_view = (normals * view).sum(1)
-    normals = np.where((cos_view > 0)[:, None], -normals, normals)  # two-sided: face the viewer
-    shade = 0.25 + 0.5 * np.clip(normals @ _LIGHT, 0, 1) + 0.3 * np.abs(cos_view)
-    rgb = np.zeros((fine * fine, 4), dtype=np.float32)
-    rgb[index, :3] = np.clip(colour.astype(np.float32)[None, :] * shade[:, None], 0, 1)
-    rgb[index, 3] = 1.0
-    pooled = rgb.reshape(size, supersample, size, supersample, 4).sum(axis=(1, 3))
-    coverage = pooled[..., 3:]
-    image = np.empty((size, size, 4), dtype=np.uint8)
-    image[..., :3] = np.where(coverage > 0, pooled[..., :3] / np.maximum(coverage, 1) * 255 + 0.5, 255).astype(np.uint8)
-    image[..., 3] = (coverage[..., 0] / supersample**2 * 255 + 0.5).astype(np.uint8)
-    return image
+    hits = cast_camera_rays(vertices_cam, triangles, fine)
+    index, normals, view, points_cam = hits.index, hits.normals, hits.view, hits.points
+    material_of_hit = np.asarray(face_material)[hits.faces]
+    albedo = np.empty((len(index), 3), dtype=np.float64)
+    for m in np.unique(material_of_hit):
+        chosen = material_of_hit == m
+        albedo[chosen] = mix(materials[m], to_object(points_cam[chosen].astype(np.float64)))
+    colour = shade(albedo, normals.astype(np.float64), -view.astype(np.float64), lighting)
+    # Box-filter the supersampled hits into output pixels (sums over hits only).
+    pixel = (index // fine // supersample) * size + (index % fine) // supersample
+    coverage = np.bincount(pixel, minlength=size * size).astype(np.float64)
+    sums = np.stack([np.bincount(pixel, weights=colour[:, k], minlength=size * size) for k in range(3)], 1)
+    image = np.empty((size * size, 4), dtype=np.uint8)
+    covered = coverage[:, None] > 0
+    image[:, :3] = np.where(covered, sums / np.maximum(coverage, 1)[:, None] * 255 + 0.5, 255).astype(np.uint8)
+    image[:, 3] = (coverage / supersample**2 * 255 + 0.5).astype(np.uint8)
+    return image.reshape(size, size, 4)
 
 
 @dataclass(frozen=True)
@@ -369,8 +711,13 @@ class SynthSpec:
     seed: int = 0
     test_fraction: float = 0.2
     categories: Tuple[str, ...] = tuple(CATEGORIES)
+    #: 1: flat-shaded single-colour primitives (the original embedded set); 2: curved/tapered
+    #: shapes, per-part palette colours and procedural textures, random Blinn-Phong lighting
+    version: int = 1
 
     def __post_init__(self) -> None:
+        if self.version not in DATASET_VERSIONS:
+            raise ValueError(f"version: expected one of {', '.join(map(str, DATASET_VERSIONS))}, got {self.version!r}")
         if self.per_class < 2:
             raise ValueError(f"per_class: expected at least 2 (one train and one test shape), got {self.per_class}")
         if not 1 <= self.views <= 24:
@@ -380,8 +727,9 @@ class SynthSpec:
             raise ValueError(f"categories: expected names from {', '.join(CATEGORIES)}, got {unknown[0]!r}")
 
 
-def _model_id(seed: int, category: str, index: int) -> str:
-    return hashlib.sha1(f"p2m-geo-synth/{seed}/{category}/{index}".encode()).hexdigest()[:32]
+def _model_id(seed: int, category: str, index: int, version: int = 1) -> str:
+    tag = "" if version == 1 else f"v{version}/"
+    return hashlib.sha1(f"p2m-geo-synth/{tag}{seed}/{category}/{index}".encode()).hexdigest()[:32]
 
 
 def _random_colour(rng: np.random.Generator) -> np.ndarray:
@@ -395,19 +743,33 @@ def generate_model(out_root: str, spec: SynthSpec, category: str, index: int) ->
     """Build, render and write one shape with all its views; returns its file-list lines."""
     from PIL import Image
 
-    rng = np.random.default_rng([spec.seed, CATEGORIES.index(category), index])
-    vertices, triangles = build_shape(category, rng)
+    from p2m_geo.data.appearance import part_materials, random_lighting
+
+    if spec.version == 1:
+        rng = np.random.default_rng([spec.seed, CATEGORIES.index(category), index])
+    else:  # a separate stream per version: version 1's bytes stay as they were
+        rng = np.random.default_rng([spec.seed, CATEGORIES.index(category), index, spec.version])
+    vertices, triangles, face_part = build_shape_parts(category, rng, spec.version)
     points, normals = sample_surface(vertices, triangles, GT_POINTS, rng)
-    colour = _random_colour(rng)
-    synset, model = CATEGORY_TO_SYNSET[category], _model_id(spec.seed, category, index)
+    if spec.version == 1:
+        colour = _random_colour(rng)
+    else:
+        materials = part_materials(rng, int(face_part.max()) + 1)
+    synset, model = CATEGORY_TO_SYNSET[category], _model_id(spec.seed, category, index, spec.version)
     folder = Path(out_root) / synset / model / "rendering"
     folder.mkdir(parents=True, exist_ok=True)
     metadata, lines = [], []
     for view in range(spec.views):
         azimuth, elevation, distance = rng.uniform(0, 360), rng.uniform(25, 30), rng.uniform(0.65, 0.95)
         rotation, position = view_rotation_and_position(azimuth, elevation, distance)
-        to_camera = lambda p: (R2N2_OBJECT_SCALE * p - position) @ rotation.T  # noqa: E731
-        image = render_view(to_camera(vertices), triangles, colour)
+        to_camera = functools.partial(points_to_camera, rotation=rotation, position=position)
+        if spec.version == 1:
+            image = render_view(to_camera(vertices), triangles, colour)
+        else:
+            to_object = functools.partial(points_to_object, rotation=rotation, position=position)
+            image = render_view_textured(
+                to_camera(vertices), triangles, face_part, materials, random_lighting(rng), to_object
+            )
         with atomic_path(folder / f"{view:02d}.png") as tmp:
             Image.fromarray(image, "RGBA").save(tmp, format="PNG")
         save_dat(folder / f"{view:02d}.dat", np.concatenate([to_camera(points), normals @ rotation.T], axis=1))
@@ -421,8 +783,9 @@ def _generate_model_job(job):
     return job[2], job[3], generate_model(*job)
 
 
-def generate_dataset(out_root: os.PathLike, spec: SynthSpec, workers: int = 1,
-                     progress: Optional[Callable[[int], None]] = None) -> Dict[str, int]:
+def generate_dataset(
+    out_root: os.PathLike, spec: SynthSpec, workers: int = 1, progress: Optional[Callable[[int], None]] = None
+) -> Dict[str, int]:
     """Generate the dataset under ``out_root``; returns ``{'train': views, 'test': views}``.
 
     ``progress(n)`` is called with the number of views finished after each shape.
@@ -455,11 +818,27 @@ def generate_dataset(out_root: os.PathLike, spec: SynthSpec, workers: int = 1,
     return {"train": len(train), "test": len(test)}
 
 
+def silhouette_statistics(paths: Sequence[os.PathLike]) -> Dict[str, np.ndarray]:
+    """Per image (RGBA PNGs): ``area`` = fraction of pixels with alpha > 127, and ``extent`` =
+    the longer side of the silhouette's bounding box as a fraction of the image side."""
+    from PIL import Image
+
+    areas, extents = [], []
+    for path in paths:
+        with Image.open(path) as image:
+            alpha = np.asarray(image.convert("RGBA"))[..., 3] > 127
+        rows, cols = np.flatnonzero(alpha.any(1)), np.flatnonzero(alpha.any(0))
+        areas.append(alpha.mean())
+        extent = 0.0 if len(rows) == 0 else max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1) / alpha.shape[0]
+        extents.append(extent)
+    return {"area": np.array(areas), "extent": np.array(extents)}
+
+
 def contact_sheet(root: os.PathLike, out_png: os.PathLike, columns: int = 8, file_list: str = "train_list.txt") -> Path:
     """A PNG with one row per class: the first ``columns`` views of the list, on white."""
     from PIL import Image, ImageDraw
 
-    from p2m_geo.data.images import rgba_to_rgb_on_white
+    from p2m_geo.data.images import rgba_to_rgb_on_white, to_uint8
     from p2m_geo.data.shapenet import read_file_list
 
     root = Path(root)
@@ -474,7 +853,7 @@ def contact_sheet(root: os.PathLike, out_png: os.PathLike, columns: int = 8, fil
         draw.text((6, row * cell + cell // 2 - 6), category, fill="black")
         for column, ref in enumerate(class_refs[:columns]):
             rgba = np.asarray(Image.open(root / ref.relative_dat.replace(".dat", ".png")).convert("RGBA"))
-            tile = Image.fromarray((rgba_to_rgb_on_white(rgba) * 255 + 0.5).astype(np.uint8))
+            tile = Image.fromarray(to_uint8(rgba_to_rgb_on_white(rgba)))
             sheet.paste(tile, (label_width + column * cell, row * cell))
     out_png = Path(out_png)
     with atomic_path(out_png) as tmp:

