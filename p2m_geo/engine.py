@@ -17,7 +17,6 @@ import numpy as np
 from torch import nn
 from tqdm import tqdm
 
-from p2m_geo.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from p2m_geo.config import Config, to_dict
 from p2m_geo.data.factory import build_datasets, make_loader
 from p2m_geo.evaluation import evaluate, metric_key
@@ -25,9 +24,8 @@ from p2m_geo.io_utils import atomic_write_bytes, folder_lock, remove_stale_temp_
 from p2m_geo.losses import P2MLoss
 from p2m_geo.metrics import F_SCORE_TAU
 from p2m_geo.models import Pixel2Mesh
-from p2m_geo.plots import write_training_curves
-from p2m_geo.run_folder import TrainCheckpoint, config_differences, tensorboard_writer, write_metrics_csv, write_preview
-from p2m_geo.runtime import DistributedContext, init_distributed, setup_runtime
+from p2m_geo.run_folder import TrainCheckpoint, restore_training, tensorboard_writer, write_epoch_outputs, write_preview
+from p2m_geo.runtime import DistributedContext, init_distributed, setup_training_runtime
 from p2m_geo.training import (
     ModelWithLoss,
     TrainingStopped,
@@ -81,14 +79,7 @@ def _run_training(config: Config, run_dir: Path, resume: bool, quiet: bool, ctx:
     import yaml
 
     train = config.train
-    runtime = setup_runtime(
-        train.device,
-        ctx=ctx,
-        seed=train.seed,
-        channels_last=train.channels_last,
-        retain_cpu_memory=train.cpu_retain_memory,
-        deterministic_cpu=True,
-    )
+    runtime = setup_training_runtime(train, ctx)
     device = runtime.device
     train_set, val_set = build_datasets(config, ctx, _progress(quiet or not ctx.is_main))
     model = runtime.place(Pixel2Mesh(config.model))
@@ -97,21 +88,7 @@ def _run_training(config: Config, run_dir: Path, resume: bool, quiet: bool, ctx:
     scheduler = build_scheduler(optimizer, config.train)
     state, history, best = TrainState(), [], -math.inf
     if resume:
-        saved = TrainCheckpoint.from_dict(load_checkpoint(run_dir / "last.pt"))
-        try:
-            model.load_state_dict(saved.model, strict=True)
-        except RuntimeError:
-            changed = config_differences(saved.config, to_dict(config))
-            raise ValueError(
-                f"--resume: expected {run_dir / 'config.yaml'} to match last.pt, got changed keys: "
-                f"{', '.join(changed[:8]) or 'none (the weights do not fit this model)'}"
-            ) from None
-        optimizer.load_state_dict(saved.optimizer)
-        scheduler.load_state_dict(saved.scheduler)
-        state = TrainState(**saved.train_state)
-        history, best = list(saved.history), saved.best_metric
-        set_rng_state(saved.rng)
-        log.info("resumed %s at epoch %d, step %d", run_dir, state.epoch, state.step)
+        state, history, best = restore_training(run_dir, config, model, optimizer, scheduler)
     if ctx.is_main:
         atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False).encode())
     ctx.barrier()
@@ -141,28 +118,13 @@ def _run_training(config: Config, run_dir: Path, resume: bool, quiet: bool, ctx:
             train_set, config.train.batch_size, True, config.train.workers, config.train.seed, state.epoch, ctx, pin
         )
         stats = train_one_epoch(
-            trained,
-            loader,
-            optimizer,
-            device,
-            state,
-            use_image,
-            config.train.max_bad_steps,
-            config.train.max_steps,
-            ctx,
-            quiet,
+            trained, loader, optimizer, device, state, use_image, train.max_bad_steps, train.max_steps, ctx, quiet
         )
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         state.epoch += 1
-        row: Dict[str, float] = {
-            "epoch": state.epoch,
-            "step": state.step,
-            "lr": lr,
-            **stats,
-            "bad_steps": state.bad_steps_total,
-            "image_branch": int(use_image),
-        }
+        row: Dict[str, float] = {"epoch": state.epoch, "step": state.step, "lr": lr, **stats}
+        row.update(bad_steps=state.bad_steps_total, image_branch=int(use_image))
         if ctx.is_main:
             val_loader = make_loader(
                 val_set, config.train.batch_size, False, config.train.workers, 0, 0, DistributedContext(), pin
@@ -174,44 +136,10 @@ def _run_training(config: Config, run_dir: Path, resume: bool, quiet: bool, ctx:
             row.update(validation | ellipsoid_row)
             row["epoch_seconds"] = time.perf_counter() - epoch_start
             history.append(row)
-            score = row[BEST_METRIC]
-            checkpoint = TrainCheckpoint(
-                config=to_dict(config),
-                model_config=to_dict(config.model),
-                model=model.state_dict(),
-                optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(),
-                train_state=vars(state).copy(),
-                history=history,
-                best_metric=max(best, score),
-                rng=rng_state(),
-                metrics=row,
-            ).to_dict()
-            if score > best:
-                best = score
-                save_checkpoint(run_dir / "best.pt", checkpoint)
-            save_checkpoint(run_dir / "last.pt", checkpoint)
-            # after the checkpoint: metrics.csv never holds a row that no checkpoint has
-            write_metrics_csv(run_dir / "metrics.csv", history)
-            write_training_curves(history, run_dir / "curves.png")
+            checkpoint = TrainCheckpoint.capture(config, model, optimizer, scheduler, state, history, best)
+            best = max(best, write_epoch_outputs(run_dir, checkpoint, best, board, quiet))
             if preview_indices:
                 write_preview(model, val_set, preview_indices, device, run_dir / f"preview_epoch{state.epoch:03d}.png")
-            if board is not None:
-                for key, value in row.items():
-                    board.add_scalar(key, value, state.epoch)
-            if not quiet:
-                log.info(
-                    "epoch %d: loss %.4f, val CD %.3f (blank image %.3f), F@tau %.2f%% (blank image %.2f%%), "
-                    "image sensitivity %.2f, %.1f samples/s",
-                    state.epoch,
-                    row.get("train_total", float("nan")),
-                    row["val_cd"],
-                    row["val_blank_cd"],
-                    score,
-                    row[metric_key("blank", f"f@{F_SCORE_TAU:g}")],
-                    row.get("val_image_sensitivity", float("nan")),
-                    row["samples_per_s"],
-                )
         last_row = row
         ctx.barrier()
     if board is not None:

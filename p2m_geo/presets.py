@@ -31,19 +31,12 @@ PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
         },
         "data": {"synth_per_class": 24, "synth_views": 4},
     },
-    # The bundled model (p2m_geo/pretrained/): cpu-quick's network on the appearance-randomised
-    # procedural set (version 2) with more shapes; ~25 min alone on 2 cores.
+    # The bundled model (p2m_geo/pretrained/lite0-synth1.pt): the ImageNet-pretrained EfficientNet-Lite0
+    # encoder ([pretrained] extra) on the procedural set, version 1: trained the same way on version 2 it
+    # scored lower on the real car and biplane (README). ~45 min alone on 2 cores.
     "bundled": {
-        "model": {"encoder_width": 0.25, "hidden": 64, "num_residual": 2},
-        "train": {
-            "epochs": 7,
-            "batch_size": 8,
-            "lr": 5e-4,
-            "lr_milestones": [5],
-            "workers": 1,
-            "gt_points": 4000,
-            "eval_max_samples": 260,
-        },
-        "data": {"synth_per_class": 40, "synth_views": 4, "synth_version": 2},
+        "model": {"backbone": "efficientnet-lite0", "hidden": 64, "num_residual": 2},
+        "train": {"epochs": 6, "batch_size": 8, "lr": 5e-4, "lr_milestones": [5], "workers": 1, "gt_points": 4000},
+        "data": {"synth_per_class": 24, "synth_views": 4, "synth_version": 1},
     },
 }

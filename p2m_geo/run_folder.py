@@ -18,7 +18,15 @@ from p2m_geo.io_utils import atomic_write_bytes
 from p2m_geo.mesh import graph_mesh
 from p2m_geo.models import Pixel2Mesh
 
-__all__ = ["TrainCheckpoint", "write_preview", "write_metrics_csv", "tensorboard_writer", "config_differences"]
+__all__ = [
+    "TrainCheckpoint",
+    "write_preview",
+    "write_metrics_csv",
+    "tensorboard_writer",
+    "config_differences",
+    "restore_training",
+    "write_epoch_outputs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +49,27 @@ class TrainCheckpoint:
 
     def to_dict(self) -> Dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}  # no deep copy of the tensors
+
+    @classmethod
+    def capture(cls, config, model, optimizer, scheduler, state, history: List[Dict[str, float]], best: float):
+        """The state of a run after an epoch whose metrics are ``history[-1]``."""
+        from p2m_geo.checkpoint import rng_state
+        from p2m_geo.config import to_dict
+        from p2m_geo.engine import BEST_METRIC
+
+        row = history[-1]
+        return cls(
+            to_dict(config),
+            to_dict(config.model),
+            model.state_dict(),
+            optimizer.state_dict(),
+            scheduler.state_dict(),
+            vars(state).copy(),
+            history,
+            max(best, row[BEST_METRIC]),
+            rng_state(),
+            row,
+        )
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "TrainCheckpoint":
@@ -102,3 +131,64 @@ def config_differences(saved: Dict, current: Dict, prefix: str = "") -> List[str
         elif a != b:
             out.append(f"{prefix}{key}")
     return out
+
+
+def restore_training(run_dir: Path, config, model, optimizer, scheduler):
+    """Load ``run_dir/last.pt`` into the model, optimiser, scheduler and RNGs; returns
+    ``(TrainState, history, best metric)``. A config that no longer fits the weights is named."""
+    from p2m_geo.checkpoint import load_checkpoint, set_rng_state
+    from p2m_geo.config import to_dict
+    from p2m_geo.training import TrainState
+
+    saved = TrainCheckpoint.from_dict(load_checkpoint(run_dir / "last.pt"))
+    try:
+        model.load_state_dict(saved.model, strict=True)
+    except RuntimeError:
+        changed = config_differences(saved.config, to_dict(config))
+        raise ValueError(
+            f"--resume: expected {run_dir / 'config.yaml'} to match last.pt, got changed keys: "
+            f"{', '.join(changed[:8]) or 'none (the weights do not fit this model)'}"
+        ) from None
+    optimizer.load_state_dict(saved.optimizer)
+    scheduler.load_state_dict(saved.scheduler)
+    set_rng_state(saved.rng)
+    state = TrainState(**saved.train_state)
+    log.info("resumed %s at epoch %d, step %d", run_dir, state.epoch, state.step)
+    return state, list(saved.history), saved.best_metric
+
+
+def write_epoch_outputs(run_dir: Path, checkpoint: TrainCheckpoint, best: float, board, quiet: bool) -> float:
+    """After an epoch: ``best.pt`` (when the epoch's score beats ``best``) and ``last.pt``, then
+    ``metrics.csv`` and ``curves.png`` (so they never hold a row that no checkpoint has),
+    TensorBoard scalars and the log line. Returns the epoch's score."""
+    from p2m_geo.checkpoint import save_checkpoint
+    from p2m_geo.engine import BEST_METRIC
+    from p2m_geo.evaluation import metric_key
+    from p2m_geo.metrics import F_SCORE_TAU
+    from p2m_geo.plots import write_training_curves
+
+    row, history = checkpoint.metrics, checkpoint.history
+    score = row[BEST_METRIC]
+    values = checkpoint.to_dict()
+    if score > best:
+        save_checkpoint(run_dir / "best.pt", values)
+    save_checkpoint(run_dir / "last.pt", values)
+    write_metrics_csv(run_dir / "metrics.csv", history)
+    write_training_curves(history, run_dir / "curves.png")
+    if board is not None:
+        for key, value in row.items():
+            board.add_scalar(key, value, row["epoch"])
+    if not quiet:
+        log.info(
+            "epoch %d: loss %.4f, val CD %.3f (blank image %.3f), F@tau %.2f%% (blank image %.2f%%), "
+            "image sensitivity %.2f, %.1f samples/s",
+            row["epoch"],
+            row.get("train_total", float("nan")),
+            row["val_cd"],
+            row["val_blank_cd"],
+            score,
+            row[metric_key("blank", f"f@{F_SCORE_TAU:g}")],
+            row.get("val_image_sensitivity", float("nan")),
+            row["samples_per_s"],
+        )
+    return score

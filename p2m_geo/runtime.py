@@ -13,7 +13,15 @@ from torch_geometric import seed_everything
 
 from p2m_geo.allocator import keep_freed_cpu_memory
 
-__all__ = ["DistributedContext", "Runtime", "init_distributed", "resolve_device", "seed_everything", "setup_runtime"]
+__all__ = [
+    "DistributedContext",
+    "Runtime",
+    "init_distributed",
+    "resolve_device",
+    "seed_everything",
+    "setup_runtime",
+    "setup_training_runtime",
+]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -102,3 +110,15 @@ def setup_runtime(
     if seed is not None:
         seed_everything(seed % 2**32)  # numpy takes 32-bit seeds
     return Runtime(torch_device, torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def setup_training_runtime(train, ctx: Optional[DistributedContext] = None) -> Runtime:
+    """:func:`setup_runtime` from a :class:`~p2m_geo.config.TrainConfig` (seeded, deterministic on CPU)."""
+    return setup_runtime(
+        train.device,
+        ctx=ctx,
+        seed=train.seed,
+        channels_last=train.channels_last,
+        retain_cpu_memory=train.cpu_retain_memory,
+        deterministic_cpu=True,
+    )
