@@ -19,12 +19,12 @@ from tqdm import tqdm
 
 from p2m_geo.config import Config, to_dict
 from p2m_geo.data.factory import build_datasets, make_loader
-from p2m_geo.evaluation import evaluate, metric_key
+from p2m_geo.evaluation import evaluate
 from p2m_geo.io_utils import atomic_write_bytes, folder_lock, remove_stale_temp_files
 from p2m_geo.losses import P2MLoss
-from p2m_geo.metrics import F_SCORE_TAU
 from p2m_geo.models import Pixel2Mesh
-from p2m_geo.run_folder import TrainCheckpoint, restore_training, tensorboard_writer, write_epoch_outputs, write_preview
+from p2m_geo import run_folder
+from p2m_geo.run_folder import BEST_METRIC, TrainCheckpoint
 from p2m_geo.runtime import DistributedContext, init_distributed, setup_training_runtime
 from p2m_geo.training import (
     ModelWithLoss,
@@ -38,8 +38,6 @@ from p2m_geo.training import (
 __all__ = ["run_training", "TrainingResult", "TrainingStopped", "TrainCheckpoint", "BEST_METRIC"]
 
 log = logging.getLogger(__name__)
-#: validation figure that picks best.pt
-BEST_METRIC = metric_key("model", f"f@{F_SCORE_TAU:g}")
 
 
 # ----------------------------------------------------------------------------------- run
@@ -88,7 +86,7 @@ def _run_training(config: Config, run_dir: Path, resume: bool, quiet: bool, ctx:
     scheduler = build_scheduler(optimizer, config.train)
     state, history, best = TrainState(), [], -math.inf
     if resume:
-        state, history, best = restore_training(run_dir, config, model, optimizer, scheduler)
+        state, history, best = run_folder.restore_training(run_dir, config, model, optimizer, scheduler)
     if ctx.is_main:
         atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False).encode())
     ctx.barrier()
@@ -100,7 +98,7 @@ def _run_training(config: Config, run_dir: Path, resume: bool, quiet: bool, ctx:
         trained = nn.parallel.DistributedDataParallel(
             trained, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
-    board = tensorboard_writer(run_dir) if ctx.is_main else None
+    board = run_folder.tensorboard_writer(run_dir) if ctx.is_main else None
     # evenly spread over the (class-sorted) validation list, so several classes show up
     count = min(config.train.preview_samples, len(val_set))
     preview_indices = sorted({int(i) for i in np.linspace(0, len(val_set) - 1, count)}) if count else []
@@ -137,9 +135,10 @@ def _run_training(config: Config, run_dir: Path, resume: bool, quiet: bool, ctx:
             row["epoch_seconds"] = time.perf_counter() - epoch_start
             history.append(row)
             checkpoint = TrainCheckpoint.capture(config, model, optimizer, scheduler, state, history, best)
-            best = max(best, write_epoch_outputs(run_dir, checkpoint, best, board, quiet))
+            best = max(best, run_folder.write_epoch_outputs(run_dir, checkpoint, best, board, quiet))
             if preview_indices:
-                write_preview(model, val_set, preview_indices, device, run_dir / f"preview_epoch{state.epoch:03d}.png")
+                preview = run_dir / f"preview_epoch{state.epoch:03d}.png"
+                run_folder.write_preview(model, val_set, preview_indices, device, preview)
         last_row = row
         ctx.barrier()
     if board is not None:

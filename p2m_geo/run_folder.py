@@ -13,12 +13,19 @@ from typing import Any, Dict, List
 
 import torch
 
+from p2m_geo.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from p2m_geo.config import to_dict
 from p2m_geo.data.shapenet import collate_samples
+from p2m_geo.evaluation import metric_key
 from p2m_geo.io_utils import atomic_write_bytes
 from p2m_geo.mesh import graph_mesh
+from p2m_geo.metrics import F_SCORE_TAU
 from p2m_geo.models import Pixel2Mesh
+from p2m_geo.plots import write_training_curves
+from p2m_geo.training import TrainState
 
 __all__ = [
+    "BEST_METRIC",
     "TrainCheckpoint",
     "write_preview",
     "write_metrics_csv",
@@ -29,6 +36,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+#: validation figure that picks best.pt
+BEST_METRIC = metric_key("model", f"f@{F_SCORE_TAU:g}")
 
 
 @dataclass
@@ -53,10 +62,6 @@ class TrainCheckpoint:
     @classmethod
     def capture(cls, config, model, optimizer, scheduler, state, history: List[Dict[str, float]], best: float):
         """The state of a run after an epoch whose metrics are ``history[-1]``."""
-        from p2m_geo.checkpoint import rng_state
-        from p2m_geo.config import to_dict
-        from p2m_geo.engine import BEST_METRIC
-
         row = history[-1]
         return cls(
             to_dict(config),
@@ -136,9 +141,6 @@ def config_differences(saved: Dict, current: Dict, prefix: str = "") -> List[str
 def restore_training(run_dir: Path, config, model, optimizer, scheduler):
     """Load ``run_dir/last.pt`` into the model, optimiser, scheduler and RNGs; returns
     ``(TrainState, history, best metric)``. A config that no longer fits the weights is named."""
-    from p2m_geo.checkpoint import load_checkpoint, set_rng_state
-    from p2m_geo.config import to_dict
-    from p2m_geo.training import TrainState
 
     saved = TrainCheckpoint.from_dict(load_checkpoint(run_dir / "last.pt"))
     try:
@@ -161,11 +163,6 @@ def write_epoch_outputs(run_dir: Path, checkpoint: TrainCheckpoint, best: float,
     """After an epoch: ``best.pt`` (when the epoch's score beats ``best``) and ``last.pt``, then
     ``metrics.csv`` and ``curves.png`` (so they never hold a row that no checkpoint has),
     TensorBoard scalars and the log line. Returns the epoch's score."""
-    from p2m_geo.checkpoint import save_checkpoint
-    from p2m_geo.engine import BEST_METRIC
-    from p2m_geo.evaluation import metric_key
-    from p2m_geo.metrics import F_SCORE_TAU
-    from p2m_geo.plots import write_training_curves
 
     row, history = checkpoint.metrics, checkpoint.history
     score = row[BEST_METRIC]
