@@ -59,7 +59,7 @@ class RegistryChoice(click.Choice):
 
     def __init__(self, names: Callable[[], tuple]) -> None:
         self._names = names
-        super().__init__(list(names()))
+        super().__init__([])  # read on use: the registry's module (and torch) load only when needed
 
     @property
     def choices(self):  # type: ignore[override]
@@ -68,3 +68,10 @@ class RegistryChoice(click.Choice):
     @choices.setter
     def choices(self, value) -> None:
         pass
+
+
+def encoder_names() -> tuple:
+    """The registered backbones (imports the encoder registry, and so torch, on first call)."""
+    from p2m_geo.models.encoders import encoder_names as registered
+
+    return registered()

@@ -14,8 +14,7 @@ warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", c
 warnings.filterwarnings("ignore", message=r"Sparse (invariant checks|CSC tensor support)", category=UserWarning)
 
 from p2m_geo import __version__
-from p2m_geo.cli.errors import RegistryChoice
-from p2m_geo.models.encoders import encoder_names
+from p2m_geo.cli.errors import RegistryChoice, encoder_names
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -9,9 +9,8 @@ from typing import Any, Dict, Optional
 
 import click
 
-from p2m_geo.cli.errors import RegistryChoice, friendly_errors
+from p2m_geo.cli.errors import RegistryChoice, encoder_names, friendly_errors
 from p2m_geo.config import PRESETS
-from p2m_geo.models.encoders import encoder_names
 
 log = logging.getLogger("p2m_geo.cli.train")
 

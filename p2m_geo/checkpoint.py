@@ -122,12 +122,16 @@ def model_from_checkpoint(checkpoint: Dict[str, Any], path: str = "checkpoint"):
     values = dict(checkpoint["model_config"])
     values.setdefault("last_block_tail", False)  # checkpoints from before the option: no tail
     model_config = from_dict(ModelConfig, values, "model_config")
+    # a trunk that started from pretrained weights trained with its BatchNorm statistics frozen
+    started_pretrained = model_config.backbone_weights is not None or model_config.pretrained
     model_config.backbone_weights = None  # the checkpoint carries the trained trunk ...
     model_config.pretrained = False  # ... so nothing is loaded before it (nor needs the extra)
     for name, tensor in checkpoint["model"].items():
         if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(f"checkpoint: expected finite weights, got NaN/Inf in {name} of {path}")
     model = Pixel2Mesh(model_config)
+    if hasattr(model.encoder, "frozen_batchnorm"):  # ... and keeps them frozen if trained further
+        model.encoder.frozen_batchnorm = started_pretrained
     try:
         model.load_state_dict(checkpoint["model"], strict=True)
     except RuntimeError as error:

@@ -157,6 +157,9 @@ class TrainConfig:
     lr_schedule: str = "step"  #: step (x lr_gamma at lr_milestones) or cosine (to 0 at the last epoch)
     lr_milestones: tuple = (30, 40)  #: epochs at which the learning rate is multiplied by lr_gamma
     lr_gamma: float = 0.3
+    #: > 0: validate, preview and save (``best.pt``, and ``model`` in ``last.pt``) an exponential
+    #: moving average of the weights, updated after every step with this decay (0: the raw weights)
+    ema_decay: float = 0.0
     gt_points: int = 0  #: > 0: the loss sees a fresh random subset of this many GT points per sample each step
     image_branch_epochs: int = 1  #: epochs the image branch trains for, when the model has one (0 disables it)
     workers: int = 2  #: DataLoader worker processes
@@ -187,6 +190,7 @@ class TrainConfig:
                 "weight_decay": (lambda v: v >= 0, "a number >= 0"),
                 "encoder_weight_decay": (lambda v: v >= 0, "a number >= 0"),
                 "lr_gamma": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+                "ema_decay": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
                 "lr_milestones": (lambda v: all(m >= 1 for m in v), "epochs >= 1"),
                 "gt_points": nonnegative,
                 "image_branch_epochs": nonnegative,

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict
 
-import numpy as np
 from torch import nn
 from tqdm import tqdm
 
@@ -30,6 +29,7 @@ from p2m_geo.training import (
     ModelWithLoss,
     TrainingStopped,
     TrainState,
+    WeightAverage,
     build_optimizer,
     build_scheduler,
     train_one_epoch,
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------------- run
 @dataclass
 class TrainingResult:
-    model: Pixel2Mesh  #: the trained (unwrapped) model, on every rank
+    model: Pixel2Mesh  #: the trained (unwrapped) model, on every rank; its weight average with train.ema_decay
     metrics: Dict[str, float]  #: the last epoch's metrics row (rank 0; training stats elsewhere)
 
 
@@ -84,9 +84,11 @@ def _run_training(config: Config, run_dir: Path, resume: bool, quiet: bool, ctx:
     loss_fn = P2MLoss(config.loss)
     optimizer = build_optimizer(model, config.train)
     scheduler = build_scheduler(optimizer, config.train)
+    average = WeightAverage(model, train.ema_decay) if train.ema_decay else None
+    validated = average.model if average is not None else model  # what is validated, previewed, saved
     state, history, best = TrainState(), [], -math.inf
     if resume:
-        state, history, best = run_folder.restore_training(run_dir, config, model, optimizer, scheduler)
+        state, history, best = run_folder.restore_training(run_dir, config, model, optimizer, scheduler, average)
     if ctx.is_main:
         atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False).encode())
     ctx.barrier()
@@ -99,9 +101,7 @@ def _run_training(config: Config, run_dir: Path, resume: bool, quiet: bool, ctx:
             trained, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
     board = run_folder.tensorboard_writer(run_dir) if ctx.is_main else None
-    # evenly spread over the (class-sorted) validation list, so several classes show up
-    count = min(config.train.preview_samples, len(val_set))
-    preview_indices = sorted({int(i) for i in np.linspace(0, len(val_set) - 1, count)}) if count else []
+    preview_indices = run_folder.preview_indices(len(val_set), config.train.preview_samples)
     pin = device.type == "cuda"
 
     last_row: Dict[str, float] = history[-1] if history else {}
@@ -115,8 +115,9 @@ def _run_training(config: Config, run_dir: Path, resume: bool, quiet: bool, ctx:
         loader = make_loader(
             train_set, config.train.batch_size, True, config.train.workers, config.train.seed, state.epoch, ctx, pin
         )
+        hook = (lambda step: average.update(model, step)) if average is not None else None  # after each step
         stats = train_one_epoch(
-            trained, loader, optimizer, device, state, use_image, train.max_bad_steps, train.max_steps, ctx, quiet
+            trained, loader, optimizer, device, state, use_image, train.max_bad_steps, train.max_steps, ctx, quiet, hook
         )
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
@@ -129,19 +130,19 @@ def _run_training(config: Config, run_dir: Path, resume: bool, quiet: bool, ctx:
             )
             # the ellipsoid does not change: scored once, then carried over
             baselines = ("blank",) if ellipsoid_row else ("blank", "ellipsoid")
-            validation = evaluate(model, val_loader, device, baselines=baselines, quality="subset").flat()
+            validation = evaluate(validated, val_loader, device, baselines=baselines, quality="subset").flat()
             ellipsoid_row = ellipsoid_row or {k: v for k, v in validation.items() if k.startswith("val_ellipsoid_")}
             row.update(validation | ellipsoid_row)
             row["epoch_seconds"] = time.perf_counter() - epoch_start
             history.append(row)
-            checkpoint = TrainCheckpoint.capture(config, model, optimizer, scheduler, state, history, best)
+            checkpoint = TrainCheckpoint.capture(config, model, optimizer, scheduler, state, history, best, average)
             best = max(best, run_folder.write_epoch_outputs(run_dir, checkpoint, best, board, quiet))
             if preview_indices:
                 preview = run_dir / f"preview_epoch{state.epoch:03d}.png"
-                run_folder.write_preview(model, val_set, preview_indices, device, preview)
+                run_folder.write_preview(validated, val_set, preview_indices, device, preview)
         last_row = row
         ctx.barrier()
     if board is not None:
         board.close()
     ctx.barrier()
-    return TrainingResult(model=model, metrics=last_row)
+    return TrainingResult(model=validated, metrics=last_row)

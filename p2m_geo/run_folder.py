@@ -7,10 +7,11 @@ import csv
 import importlib.util
 import io
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
+import numpy as np
 import torch
 
 from p2m_geo.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -22,11 +23,12 @@ from p2m_geo.mesh import graph_mesh
 from p2m_geo.metrics import F_SCORE_TAU
 from p2m_geo.models import Pixel2Mesh
 from p2m_geo.plots import write_training_curves
-from p2m_geo.training import TrainState
+from p2m_geo.training import TrainState, WeightAverage
 
 __all__ = [
     "BEST_METRIC",
     "TrainCheckpoint",
+    "preview_indices",
     "write_preview",
     "write_metrics_csv",
     "tensorboard_writer",
@@ -55,18 +57,32 @@ class TrainCheckpoint:
     best_metric: float
     rng: Dict[str, Any]
     metrics: Dict[str, float] = field(default_factory=dict)
+    #: the weights being optimised, where ``model`` holds their moving average (``train.ema_decay``)
+    train_model: Dict[str, torch.Tensor] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}  # no deep copy of the tensors
 
     @classmethod
-    def capture(cls, config, model, optimizer, scheduler, state, history: List[Dict[str, float]], best: float):
-        """The state of a run after an epoch whose metrics are ``history[-1]``."""
+    def capture(
+        cls,
+        config,
+        model,
+        optimizer,
+        scheduler,
+        state,
+        history: List[Dict[str, float]],
+        best: float,
+        average: Optional[WeightAverage] = None,
+    ):
+        """The state of a run after an epoch whose metrics are ``history[-1]``; with a weight
+        ``average``, ``model`` holds the average (what was validated) and ``train_model`` the
+        optimised weights."""
         row = history[-1]
         return cls(
             to_dict(config),
             to_dict(config.model),
-            model.state_dict(),
+            (average.model if average is not None else model).state_dict(),
             optimizer.state_dict(),
             scheduler.state_dict(),
             vars(state).copy(),
@@ -74,14 +90,23 @@ class TrainCheckpoint:
             max(best, row[BEST_METRIC]),
             rng_state(),
             row,
+            model.state_dict() if average is not None else {},
         )
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "TrainCheckpoint":
-        missing = [f.name for f in fields(cls) if f.name not in values and f.name != "metrics"]
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [name for name in required if name not in values]
         if missing:
             raise ValueError(f"checkpoint: expected a training checkpoint, got none for {missing[0]!r}")
         return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+
+def preview_indices(dataset_size: int, count: int) -> List[int]:
+    """``count`` sample indices evenly spread over a (class-sorted) dataset, so several
+    classes show up in the preview."""
+    count = min(count, dataset_size)
+    return sorted({int(i) for i in np.linspace(0, dataset_size - 1, count)}) if count else []
 
 
 @torch.no_grad()
@@ -138,13 +163,16 @@ def config_differences(saved: Dict, current: Dict, prefix: str = "") -> List[str
     return out
 
 
-def restore_training(run_dir: Path, config, model, optimizer, scheduler):
-    """Load ``run_dir/last.pt`` into the model, optimiser, scheduler and RNGs; returns
-    ``(TrainState, history, best metric)``. A config that no longer fits the weights is named."""
+def restore_training(run_dir: Path, config, model, optimizer, scheduler, average: Optional[WeightAverage] = None):
+    """Load ``run_dir/last.pt`` into the model (and its weight ``average``), optimiser,
+    scheduler and RNGs; returns ``(TrainState, history, best metric)``. A config that no
+    longer fits the weights is named."""
 
     saved = TrainCheckpoint.from_dict(load_checkpoint(run_dir / "last.pt"))
     try:
-        model.load_state_dict(saved.model, strict=True)
+        model.load_state_dict(saved.train_model or saved.model, strict=True)
+        if average is not None:
+            average.model.load_state_dict(saved.model, strict=True)
     except RuntimeError:
         changed = config_differences(saved.config, to_dict(config))
         raise ValueError(

@@ -3,10 +3,11 @@ groups, the learning-rate schedule, and a loop that skips and counts non-finite 
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -22,6 +23,7 @@ from p2m_geo.runtime import DistributedContext
 
 __all__ = [
     "ModelWithLoss",
+    "WeightAverage",
     "TrainState",
     "TrainingStopped",
     "parameter_groups",
@@ -70,6 +72,43 @@ class ModelWithLoss(nn.Module):
             output = output.float()
         target = subsample_target(batch.target, self.gt_points) if self.gt_points else batch.target
         return self.loss_fn(output, target, batch.images if use_image_branch else None)
+
+
+class WeightAverage:
+    r"""Exponential moving average of a model's weights, kept in a copy of the model.
+
+    After optimiser step :math:`t` (1-based), every parameter moves as
+
+    .. math::
+        \bar w \leftarrow d_t\,\bar w + (1 - d_t)\,w, \qquad
+        d_t = \min\left(d, \frac{1 + t}{10 + t}\right),
+
+    the warm-up of TensorFlow's ``ExponentialMovingAverage(num_updates=t)``, so the first
+    steps are not averaged with the initial weights for long. Buffers are copied as they are.
+
+    Args:
+        model: the model being optimised (its structure and weights are copied).
+        decay: :math:`d` in :math:`(0, 1)`.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"decay: expected a number in (0, 1), got {decay!r}")
+        self.decay = decay
+        self.model = copy.deepcopy(model).requires_grad_(False).eval()
+
+    def decay_at(self, step: int) -> float:
+        """:math:`d_t` after the ``step``-th optimiser step."""
+        return min(self.decay, (1.0 + step) / (10.0 + step))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        """Move the average towards ``model``'s weights after optimiser step ``step``."""
+        averaged = [p for p in self.model.parameters() if p.is_floating_point()]
+        current = [p.detach() for p in model.parameters() if p.is_floating_point()]
+        torch._foreach_lerp_(averaged, current, 1.0 - self.decay_at(step))
+        for mine, theirs in zip(self.model.buffers(), model.buffers()):
+            mine.copy_(theirs)
 
 
 def parameter_groups(model: Pixel2Mesh, train: TrainConfig) -> List[Dict]:
@@ -122,9 +161,11 @@ def train_one_epoch(
     max_steps: int = 0,
     ctx: Optional[DistributedContext] = None,
     quiet: bool = False,
+    after_step: Optional[Callable[[int], None]] = None,
 ) -> Dict[str, float]:
     """One pass over ``loader``. A step whose loss or gradient is NaN/Inf is skipped and counted;
-    ``max_bad_steps`` consecutive ones raise :class:`TrainingStopped`."""
+    ``max_bad_steps`` consecutive ones raise :class:`TrainingStopped`. ``after_step(step)`` runs
+    after each optimiser step (e.g. :meth:`WeightAverage.update`)."""
     ctx = ctx or DistributedContext()
     model_with_loss.train()
     sums: Dict[str, float] = {}
@@ -157,6 +198,8 @@ def train_one_epoch(
         optimizer.step()
         state.consecutive_bad_steps = 0
         state.step += 1
+        if after_step is not None:
+            after_step(state.step)
         steps += 1
         samples += len(batch) * ctx.world_size
         sums["total"] = sums.get("total", 0.0) + float(total.detach())

@@ -40,6 +40,28 @@ TINY = {
 }
 
 
+def train_args(data: Path, config: Path, out: Path, name: str, epochs: int) -> list:
+    """``p2m-geo train`` arguments for the TINY config on CPU, quiet."""
+    return [
+        "train",
+        "--preset",
+        "cpu-quick",
+        "--config",
+        config,
+        "--data",
+        data,
+        "--out",
+        out,
+        "--name",
+        name,
+        "--epochs",
+        epochs,
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     from p2m_geo.data.synth import SynthSpec, generate_dataset

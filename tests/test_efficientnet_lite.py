@@ -94,3 +94,23 @@ def test_checkpoint_of_a_lite0_model_loads_without_the_extra(tmp_path, monkeypat
     image = torch.rand(1, 3, 224, 224)
     model.eval(), restored.eval()
     assert torch.equal(model.encoder(image)[-1], restored.encoder(image)[-1])
+
+
+@pytest.mark.parametrize("started_pretrained", [True, False])
+def test_a_reloaded_lite0_keeps_batchnorm_as_it_trained(tmp_path, started_pretrained):
+    """A model trained from ImageNet weights (frozen BatchNorm) and rebuilt from its checkpoint
+    (no weights loaded) keeps its BatchNorm frozen when trained further; a random-init one does not."""
+    from p2m_geo.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+    from p2m_geo.config import to_dict
+    from p2m_geo.models import Pixel2Mesh
+
+    model = Pixel2Mesh(ModelConfig(backbone="efficientnet-lite0", pretrained=False, hidden=8, num_residual=1))
+    config = to_dict(model.config) | {"pretrained": started_pretrained}  # as it was trained
+    path = tmp_path / "lite.pt"
+    save_checkpoint(path, {"model": model.state_dict(), "model_config": config})
+    restored = model_from_checkpoint(load_checkpoint(path)).train()
+    norms = [m for m in restored.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.training is not started_pretrained for m in norms)
+    before = norms[0].running_mean.clone()
+    restored.encoder(torch.rand(2, 3, 64, 64))
+    assert torch.equal(norms[0].running_mean, before) is started_pretrained

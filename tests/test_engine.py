@@ -16,31 +16,12 @@ from click.testing import CliRunner
 
 from p2m_geo.cli.main import cli
 
+from conftest import train_args
+
 
 def invoke(*args: str):
     result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
     return result
-
-
-def train_args(data: Path, config: Path, out: Path, name: str, epochs: int):
-    return [
-        "train",
-        "--preset",
-        "cpu-quick",
-        "--config",
-        config,
-        "--data",
-        data,
-        "--out",
-        out,
-        "--name",
-        name,
-        "--epochs",
-        epochs,
-        "--device",
-        "cpu",
-        "--quiet",
-    ]
 
 
 def weights(path: Path):
@@ -435,3 +416,61 @@ def test_train_checkpoint_round_trip_is_what_resume_reads(tiny_data, tiny_config
     assert restored.train_state["epoch"] == 1 and restored.history[-1]["epoch"] == 1
     with pytest.raises(ValueError, match="expected a training checkpoint, got none for 'optimizer'"):
         TrainCheckpoint.from_dict({k: v for k, v in raw.items() if k != "optimizer"})
+
+
+def test_weight_average_matches_a_float64_loop():
+    from p2m_geo.training import WeightAverage
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    average = WeightAverage(model, decay=0.9)
+    reference = [p.detach().double().clone() for p in model.parameters()]
+    for step in range(1, 40):
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(torch.randn_like(parameter))
+        model.train()(torch.randn(5, 3))  # moves the BatchNorm running statistics
+        average.update(model, step)
+        d = min(0.9, (1 + step) / (10 + step))
+        reference = [d * r + (1 - d) * p.detach().double() for r, p in zip(reference, model.parameters())]
+    assert average.decay_at(1) == pytest.approx(2 / 11) and average.decay_at(1000) == 0.9
+    for mine, expected in zip(average.model.parameters(), reference):
+        torch.testing.assert_close(mine.double(), expected, rtol=0, atol=1e-5)
+        assert not mine.requires_grad
+    for mine, theirs in zip(average.model.buffers(), model.buffers()):
+        assert torch.equal(mine, theirs)  # buffers are copied, not averaged
+    with pytest.raises(ValueError, match="decay: expected a number in"):
+        WeightAverage(model, 1.0)
+
+
+@pytest.mark.slow
+def test_weight_average_is_what_is_validated_saved_and_resumed(tiny_data, tmp_path):
+    """With train.ema_decay the checkpoint's ``model`` is the average (its eval reproduces the
+    epoch's validation row), ``train_model`` the optimised weights; resume is bit-identical."""
+    import yaml
+
+    from conftest import TINY
+
+    config = tmp_path / "ema.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "train": {**TINY["train"], "ema_decay": 0.5}}))
+    runs = tmp_path / "runs"
+    assert invoke(*train_args(tiny_data, config, runs, "straight", 2)).exit_code == 0
+    assert invoke(*train_args(tiny_data, config, runs, "split", 1)).exit_code == 0
+    result = invoke("train", "--resume", runs / "split", "--epochs", 2, "--quiet")
+    assert result.exit_code == 0, result.output
+    straight = torch.load(runs / "straight" / "last.pt", weights_only=True)
+    resumed = torch.load(runs / "split" / "last.pt", weights_only=True)
+    for part in ("model", "train_model"):
+        assert straight[part].keys() == resumed[part].keys()
+        for key in straight[part]:
+            assert torch.equal(straight[part][key], resumed[part][key]), (part, key)
+    key = "blocks.2.conv_out.lin_rel.weight"
+    assert not torch.equal(straight["model"][key], straight["train_model"][key])
+
+    json_path = tmp_path / "eval.json"
+    args = ["--data", tiny_data, "--list", "test_list.txt", "--device", "cpu", "--workers", "0"]
+    result = invoke("eval", "--checkpoint", runs / "straight" / "last.pt", *args, "--json", json_path)
+    assert result.exit_code == 0, result.output
+    row = list(csv.DictReader(open(runs / "straight" / "metrics.csv")))[-1]
+    mean = json.loads(json_path.read_text())["model"]["mean"]
+    assert mean["cd"] == pytest.approx(float(row["val_cd"]), rel=1e-5)  # both x1000
+    assert mean["f@0.0001"] == pytest.approx(float(row["val_f@0.0001"]), rel=1e-5)

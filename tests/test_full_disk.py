@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from p2m_geo.cli.main import cli
 
-from conftest import TINY
+from conftest import TINY, train_args
 
 
 @pytest.fixture
@@ -68,22 +68,7 @@ def test_training_onto_a_full_disk_says_so(small_disk, tiny_data, tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(TINY))
     fill(small_disk, 40_000)  # config.yaml fits, a checkpoint does not
-    result = run(
-        "train",
-        "--preset",
-        "cpu-quick",
-        "--config",
-        config,
-        "--data",
-        tiny_data,
-        "--out",
-        small_disk,
-        "--name",
-        "run",
-        "--epochs",
-        "1",
-        "--quiet",
-    )
+    result = run(*train_args(tiny_data, config, small_disk, "run", 1))
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
     # names the file it could not write and says why
@@ -108,22 +93,7 @@ def test_diverging_training_stops_with_one_line(tiny_data, tmp_path):
         save_dat(dat, cloud)
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({**TINY, "train": {**TINY["train"], "max_bad_steps": 2}}))
-    result = run(
-        "train",
-        "--preset",
-        "cpu-quick",
-        "--config",
-        config,
-        "--data",
-        data,
-        "--out",
-        tmp_path / "runs",
-        "--name",
-        "run",
-        "--epochs",
-        "2",
-        "--quiet",
-    )
+    result = run(*train_args(data, config, tmp_path / "runs", "run", 2))
     assert result.exit_code == 1
     assert "Traceback" not in result.output
     assert (

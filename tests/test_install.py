@@ -63,3 +63,11 @@ def test_wheel_install_has_cli_and_meshes(tmp_path: Path):
     help_text = subprocess.run([str(script), "--help"], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert help_text.returncode == 0, help_text.stderr
     assert "Pixel2Mesh" in help_text.stdout
+
+
+def test_the_cli_parses_arguments_without_importing_torch():
+    """``p2m-geo --help`` and argument errors stay fast: torch (and the encoder registry) load
+    only when a command runs or a ``--backbone`` is checked."""
+    code = "import sys, p2m_geo.cli.main; print(sorted({'torch', 'numpy', 'torch_geometric'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
