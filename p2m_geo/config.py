@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Dict, Optional, Type, TypeVar
+from typing import Any, ClassVar, Dict, Optional, Tuple, Type, TypeVar
 
 from p2m_geo.config_io import (
     ConfigError,
@@ -105,6 +105,9 @@ class LossWeights:
     #: adjacent-face normal agreement (PyTorch3D's mesh_normal_consistency; not in the original): the
     #: measured fix for crumpled, self-intersecting meshes (benchmarks/variants.py, README)
     face_normal: float = 1e-2
+    #: factors on the face-normal term of blocks 1, 2, 3: (1 - cos) grows as the square of the angle,
+    #: and the faces of the coarse levels meet at larger angles on the same smooth shape
+    face_normal_block_factors: Tuple[float, ...] = (1.0, 1.0, 1.0)
     regulariser_start: float = 1.0  #: factor on edge + Laplacian in epoch 1, annealed linearly to 1 ...
     regulariser_anneal_epochs: int = 0  #: ... over this many epochs (0: constant weights)
 
@@ -128,7 +131,8 @@ class LossWeights:
                     "regulariser_anneal_epochs",
                 )
             }
-            | {"regulariser_start": (lambda v: v > 0, "a number > 0")},
+            | {"regulariser_start": (lambda v: v > 0, "a number > 0")}
+            | {"face_normal_block_factors": (lambda v: len(v) == 3 and min(v) >= 0, "3 numbers >= 0")},
         )
 
     def regulariser_factor(self, epoch: int) -> float:

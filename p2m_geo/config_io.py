@@ -32,7 +32,7 @@ def _check(condition: bool, where: str, expected: str, value: Any) -> None:
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """``value`` as the dataclass field type ``hint`` (bool, int, float, str, Optional[str],
-    tuple of ints); a number written as a string (YAML reads ``1e-3`` as one) becomes a float."""
+    tuple of ints, Tuple[float, ...]); a number written as a string (YAML reads ``1e-3`` as one) becomes a float."""
     if get_origin(hint) is Union:  # Optional[X]
         if value is None:
             return None
@@ -56,8 +56,14 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         _check(isinstance(value, str), where, "a string", value)
         return value
     if hint is tuple or get_origin(hint) is tuple:
-        _check(isinstance(value, (list, tuple)), where, "a list of integers", value)
-        return tuple(_coerce(item, int, f"{where}[{index}]") for index, item in enumerate(value))
+        item_hint = float if get_args(hint)[:1] == (float,) else int  # Tuple[float, ...] or tuple (of ints)
+        _check(
+            isinstance(value, (list, tuple)),
+            where,
+            f"a list of {'numbers' if item_hint is float else 'integers'}",
+            value,
+        )
+        return tuple(_coerce(item, item_hint, f"{where}[{index}]") for index, item in enumerate(value))
     return value
 
 

@@ -263,12 +263,13 @@ class P2MLoss(nn.Module):
             )
             if block > 0:
                 add("move", w.move * move_loss(before, mesh.pos, mesh.batch, num_graphs))
-            if w.face_normal > 0:
+            face_normal_weight = w.face_normal * w.face_normal_block_factors[block]
+            if face_normal_weight > 0:
                 adjacency, face_batch = self._face_adjacency(mesh)
                 add(
                     "face_normal",
                     self.regulariser_scale
-                    * w.face_normal
+                    * face_normal_weight
                     * face_normal_loss(mesh.pos, mesh.face, adjacency, face_batch, num_graphs),
                 )
         if images is not None and output.image_logits is not None:

@@ -275,7 +275,7 @@ def test_p2m_loss_combines_weighted_terms():
             Data(pos=torch.randn(200, 3) * 0.2 + torch.tensor([0, 0, -0.8]), normal=torch.randn(200, 3)),
         ]
     )
-    weights = LossWeights(face_normal=0.01)
+    weights = LossWeights(face_normal=0.01, face_normal_block_factors=(0.0, 0.5, 2.0))
     loss_fn = P2MLoss(weights)
     loss_fn.regulariser_scale = 1.5  # an annealing factor on edge, Laplacian and face-normal terms
     total, terms = loss_fn(output, gt, images)
@@ -293,9 +293,9 @@ def test_p2m_loss_combines_weighted_terms():
     torch.testing.assert_close(terms["laplacian"], expected_laplacian)
     from p2m_geo.mesh_quality import face_adjacency
 
-    expected_face_normal = sum(
-        1.5 * weights.face_normal * face_normal_loss(m.pos, m.face, face_adjacency(m.face), m.batch[m.face[0]])
-        for m in output.meshes
+    expected_face_normal = sum(  # block factors 0, 0.5, 2
+        1.5 * f * weights.face_normal * face_normal_loss(m.pos, m.face, face_adjacency(m.face), m.batch[m.face[0]])
+        for f, m in zip((0.0, 0.5, 2.0), output.meshes)
     )
     torch.testing.assert_close(terms["face_normal"], expected_face_normal)
     from p2m_geo.losses import image_reconstruction_loss
