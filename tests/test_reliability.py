@@ -413,28 +413,32 @@ def test_fuzz_dat_and_image_readers(tmp_path):
 def test_keep_freed_cpu_memory_stops_page_faults_on_reallocation():
     """Large tensors are allocated again every training step: after the allocator setting
     they reuse the process's memory (steady state, after a few rounds) instead of being
-    faulted in from the OS each time."""
+    faulted in from the OS each time. Judged by the median round, so one round that the
+    kernel makes fault in again (seen once in CI: reclaim under memory pressure) does not
+    decide the outcome."""
     script = (
-        "import resource, sys, torch\n"
+        "import resource, statistics, torch\n"
         "from p2m_geo.allocator import keep_freed_cpu_memory\n"
-        "def faults():\n"
+        "def median_faults_per_round():\n"
         "    for _ in range(10):\n"  # warm-up: the heap settles after a few rounds
         "        torch.empty(64 * 2**20 // 4).fill_(1.0)\n"
-        "    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "    rounds = []\n"
         "    for _ in range(10):\n"
+        "        start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
         "        torch.empty(64 * 2**20 // 4).fill_(1.0)\n"
-        "    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start\n"
-        "before = faults()\n"
+        "        rounds.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)\n"
+        "    return statistics.median(rounds)\n"
+        "before = median_faults_per_round()\n"
         "applied = keep_freed_cpu_memory()\n"
-        "after = faults()\n"
+        "after = median_faults_per_round()\n"
         "print(applied, before, after)\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     applied, before, after = result.stdout.split()
     assert applied == "True"
-    pages = 10 * 64 * 2**20 // 4096
-    assert int(before) > 0.9 * pages  # glibc mmaps and unmaps each 64 MB tensor
-    assert int(after) < 0.05 * pages
+    pages_per_tensor = 64 * 2**20 // 4096
+    assert float(before) > 0.9 * pages_per_tensor  # glibc mmaps and unmaps each 64 MB tensor
+    assert float(after) < 0.05 * pages_per_tensor
 
 
 # ------------------------------------------------------------ outputs checked before the work
