@@ -108,6 +108,8 @@ class LossWeights:
     #: factors on the face-normal term of blocks 1, 2, 3: (1 - cos) grows as the square of the angle,
     #: and the faces of the coarse levels meet at larger angles on the same smooth shape
     face_normal_block_factors: Tuple[float, ...] = (1.0, 1.0, 1.0)
+    #: degrees: adjacent faces meeting at a smaller angle cost nothing in the face-normal term
+    face_normal_margin: float = 0.0
     regulariser_start: float = 1.0  #: factor on edge + Laplacian in epoch 1, annealed linearly to 1 ...
     regulariser_anneal_epochs: int = 0  #: ... over this many epochs (0: constant weights)
 
@@ -132,7 +134,8 @@ class LossWeights:
                 )
             }
             | {"regulariser_start": (lambda v: v > 0, "a number > 0")}
-            | {"face_normal_block_factors": (lambda v: len(v) == 3 and min(v) >= 0, "3 numbers >= 0")},
+            | {"face_normal_block_factors": (lambda v: len(v) == 3 and min(v) >= 0, "3 numbers >= 0")}
+            | {"face_normal_margin": (lambda v: 0 <= v < 180, "degrees in [0, 180)")},
         )
 
     def regulariser_factor(self, epoch: int) -> float:

@@ -30,6 +30,8 @@ here (multiply ``edge`` and ``normal`` by 6/7 to match the original exactly).
 
 from __future__ import annotations
 
+import math
+
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -162,22 +164,29 @@ def face_normal_loss(
     face_batch: Tensor,
     num_graphs: Optional[int] = None,
     reduction: str = "mean",
+    margin_degrees: float = 0.0,
 ) -> Tensor:
-    r"""Per-graph mean of :math:`1 - \langle n_f, n_g\rangle` over pairs of faces :math:`(f, g)`
-    sharing an edge (PyTorch3D's ``mesh_normal_consistency``): 0 for a plane, small for a
-    smooth surface, up to 2 for a face folded back onto its neighbour. Not in the original
+    r"""Per-graph mean of :math:`\max(0,\ 1 - \langle n_f, n_g\rangle - (1 - \cos\theta_0))`
+    over pairs of faces :math:`(f, g)` sharing an edge, :math:`\theta_0` = ``margin_degrees``.
+    With no margin it is PyTorch3D's ``mesh_normal_consistency``, :math:`1 - \cos\theta`: 0
+    for a plane, small for a smooth surface, up to 2 for a face folded back onto its
+    neighbour. A margin leaves dihedral angles up to :math:`\theta_0` free (corners and
+    creases of the shape) and penalises only sharper bends and folds. Not in the original
     Pixel2Mesh; it penalises the crumples and folds that the vertex-based Laplacian lets
     through (``p2m_geo.mesh_quality`` measures them).
 
     Args:
         face: ``[3,F]``; adjacency: ``[2,A]`` face pairs from
             :func:`p2m_geo.mesh_quality.face_adjacency`; face_batch: graph id per face.
+        margin_degrees: angle between adjacent face normals below which a pair costs nothing.
     """
     from p2m_geo.ops.sampling import face_normals
 
     num_graphs = int(face_batch.max()) + 1 if num_graphs is None else num_graphs
     normals = face_normals(pos, face)
     disagreement = 1.0 - (normals[adjacency[0]] * normals[adjacency[1]]).sum(-1)
+    if margin_degrees > 0:
+        disagreement = (disagreement - (1.0 - math.cos(math.radians(margin_degrees)))).clamp_min(0.0)
     return reduce_per_graph(
         scatter(disagreement, face_batch[adjacency[0]], dim=0, dim_size=num_graphs, reduce="mean"), reduction
     )
@@ -270,7 +279,9 @@ class P2MLoss(nn.Module):
                     "face_normal",
                     self.regulariser_scale
                     * face_normal_weight
-                    * face_normal_loss(mesh.pos, mesh.face, adjacency, face_batch, num_graphs),
+                    * face_normal_loss(
+                        mesh.pos, mesh.face, adjacency, face_batch, num_graphs, margin_degrees=w.face_normal_margin
+                    ),
                 )
         if images is not None and output.image_logits is not None:
             add("image", w.image * image_reconstruction_loss(output.image_logits, images))

@@ -332,23 +332,37 @@ def test_p2m_loss_combines_weighted_terms():
     assert model.blocks[0].conv_out.lin_rel.weight.grad.abs().sum() > 0
 
 
-def test_face_normal_loss_matches_loop_over_adjacent_faces(levels):
+@pytest.mark.parametrize("margin_degrees", [0.0, 15.0])
+def test_face_normal_loss_matches_loop_over_adjacent_faces(levels, margin_degrees):
     from p2m_geo.mesh_quality import face_adjacency
 
     meshes = [perturbed(levels[0], seed, 0.01 * (seed + 1)) for seed in range(2)]
-    expected = []
+    expected, angles = [], []
     for mesh in meshes:
-        pos, faces = mesh.pos.numpy(), mesh.face.t().numpy()
+        pos, faces = mesh.pos.double().numpy(), mesh.face.t().numpy()
         normals = np.cross(pos[faces[:, 1]] - pos[faces[:, 0]], pos[faces[:, 2]] - pos[faces[:, 0]])
         normals /= np.linalg.norm(normals, axis=1, keepdims=True)
         by_edge = {}
         for f, face in enumerate(faces.tolist()):
             for k in range(3):
                 by_edge.setdefault(frozenset((face[k], face[(k + 1) % 3])), []).append(f)
-        expected.append(np.mean([1 - normals[f] @ normals[g] for f, g in by_edge.values()]))
+        costs = []
+        for f, g in by_edge.values():
+            cosine = float(np.clip(normals[f] @ normals[g], -1.0, 1.0))
+            angle = np.degrees(np.arccos(cosine))
+            angles.append(angle)
+            costs.append(np.cos(np.radians(margin_degrees)) - cosine if angle > margin_degrees else 0.0)
+        expected.append(np.mean(costs))
     batch = Batch.from_data_list(meshes)
     values = face_normal_loss(
-        batch.pos, batch.face, face_adjacency(batch.face), batch.batch[batch.face[0]], reduction="none"
+        batch.pos.double(),
+        batch.face,
+        face_adjacency(batch.face),
+        batch.batch[batch.face[0]],
+        reduction="none",
+        margin_degrees=margin_degrees,
     )
-    assert values.tolist() == pytest.approx(expected, rel=1e-10)
+    assert values.tolist() == pytest.approx(expected, rel=1e-9)
     assert values[1] > values[0] > 0
+    if margin_degrees:  # both sides of the margin occur
+        assert min(angles) < margin_degrees < max(angles)
