@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import resource
+from pathlib import Path
 
 import pytest
 import yaml
@@ -21,6 +22,7 @@ from p2m_geo.config import Config, ConfigError, from_dict, load_yaml
         ({"model": {"hidden": "64"}}, "model.hidden: expected an integer, got '64'"),
         ({"loss": {"chamfer_gt_to_pred": "one"}}, "loss.chamfer_gt_to_pred: expected a number, got 'one'"),
         ({"loss": {"edge": -1}}, "loss.edge: expected a number >= 0, got -1.0"),
+        ({"loss": {"face_normal_margin": 180}}, r"loss.face_normal_margin: expected degrees in \[0, 180\), got 180.0"),
         ({"train": {"max_steps": -1}}, "train.max_steps: expected an integer >= 0, got -1"),
         ({"train": {"lr_milestones": "abc"}}, "train.lr_milestones: expected a list of integers, got 'abc'"),
         ({"train": {"lr_milestones": [3, "x"]}}, r"train.lr_milestones\[1\]: expected an integer, got 'x'"),
@@ -140,3 +142,24 @@ def test_renamed_keys_of_old_configs_and_checkpoints_still_load():
     assert from_dict(LossWeights, {"chamfer": 3.0, "edge": 0.2}).chamfer_gt_to_pred == 3.0
     with pytest.raises(ConfigError, match=r"loss.chamfer_gt_to_pred: expected a number, got 'x'"):
         from_dict(Config, {"loss": {"chamfer": "x"}})
+
+
+VARIANT_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "variant_configs").glob("*/*.yaml"))
+
+
+@pytest.mark.parametrize("path", VARIANT_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_variant_configs_of_the_readme_tables_load_with_every_value_applied(path):
+    """The README's variant rows are ``p2m-geo train --preset cpu-quick --config <file>``: each
+    file loads over the preset and every value in it reaches the config."""
+    from p2m_geo.config import merge_dicts, preset_dict
+
+    changes = yaml.safe_load(path.read_text())
+    config = from_dict(Config, merge_dicts(preset_dict("cpu-quick"), changes))
+    for section, values in changes.items():
+        for key, value in values.items():
+            got = getattr(getattr(config, section), key)
+            assert (list(got) if isinstance(got, tuple) else got) == value, f"{section}.{key}"
+
+
+def test_variant_configs_are_there():
+    assert len(VARIANT_CONFIGS) >= 11
