@@ -31,7 +31,6 @@ here (multiply ``edge`` and ``normal`` by 6/7 to match the original exactly).
 from __future__ import annotations
 
 import math
-
 from typing import Dict, Optional, Tuple
 
 import torch
