@@ -110,6 +110,10 @@ class LossWeights:
     face_normal_block_factors: Tuple[float, ...] = (1.0, 1.0, 1.0)
     #: degrees: adjacent faces meeting at a smaller angle cost nothing in the face-normal term
     face_normal_margin: float = 0.0
+    #: per-block margins in degrees for blocks 1, 2, 3 (each block uses the larger of this and
+    #: ``face_normal_margin``): a coarse level needs sharp corners to stand for the shape, while
+    #: folds (angles near 180 degrees) are wrong at every level
+    face_normal_block_margins: Tuple[float, ...] = (0.0, 0.0, 0.0)
     regulariser_start: float = 1.0  #: factor on edge + Laplacian in epoch 1, annealed linearly to 1 ...
     regulariser_anneal_epochs: int = 0  #: ... over this many epochs (0: constant weights)
 
@@ -135,7 +139,13 @@ class LossWeights:
             }
             | {"regulariser_start": (lambda v: v > 0, "a number > 0")}
             | {"face_normal_block_factors": (lambda v: len(v) == 3 and min(v) >= 0, "3 numbers >= 0")}
-            | {"face_normal_margin": (lambda v: 0 <= v < 180, "degrees in [0, 180)")},
+            | {"face_normal_margin": (lambda v: 0 <= v < 180, "degrees in [0, 180)")}
+            | {
+                "face_normal_block_margins": (
+                    lambda v: len(v) == 3 and all(0 <= a < 180 for a in v),
+                    "3 degrees in [0, 180)",
+                )
+            },
         )
 
     def regulariser_factor(self, epoch: int) -> float:

@@ -279,7 +279,12 @@ class P2MLoss(nn.Module):
                     self.regulariser_scale
                     * face_normal_weight
                     * face_normal_loss(
-                        mesh.pos, mesh.face, adjacency, face_batch, num_graphs, margin_degrees=w.face_normal_margin
+                        mesh.pos,
+                        mesh.face,
+                        adjacency,
+                        face_batch,
+                        num_graphs,
+                        margin_degrees=max(w.face_normal_margin, w.face_normal_block_margins[block]),
                     ),
                 )
         if images is not None and output.image_logits is not None:

@@ -23,6 +23,10 @@ from p2m_geo.config import Config, ConfigError, from_dict, load_yaml
         ({"loss": {"chamfer_gt_to_pred": "one"}}, "loss.chamfer_gt_to_pred: expected a number, got 'one'"),
         ({"loss": {"edge": -1}}, "loss.edge: expected a number >= 0, got -1.0"),
         ({"loss": {"face_normal_margin": 180}}, r"loss.face_normal_margin: expected degrees in \[0, 180\), got 180.0"),
+        (
+            {"loss": {"face_normal_block_margins": [60, 60]}},
+            r"loss.face_normal_block_margins: expected 3 degrees in \[0, 180\), got a tuple of 2",
+        ),
         ({"train": {"max_steps": -1}}, "train.max_steps: expected an integer >= 0, got -1"),
         ({"train": {"lr_milestones": "abc"}}, "train.lr_milestones: expected a list of integers, got 'abc'"),
         ({"train": {"lr_milestones": [3, "x"]}}, r"train.lr_milestones\[1\]: expected an integer, got 'x'"),

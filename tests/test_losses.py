@@ -275,7 +275,12 @@ def test_p2m_loss_combines_weighted_terms():
             Data(pos=torch.randn(200, 3) * 0.2 + torch.tensor([0, 0, -0.8]), normal=torch.randn(200, 3)),
         ]
     )
-    weights = LossWeights(face_normal=0.01, face_normal_block_factors=(0.0, 0.5, 2.0))
+    weights = LossWeights(
+        face_normal=0.01,
+        face_normal_block_factors=(0.0, 0.5, 2.0),
+        face_normal_margin=2.0,
+        face_normal_block_margins=(30.0, 0.0, 4.0),  # each block uses the larger: 30, 2, 4 degrees
+    )
     loss_fn = P2MLoss(weights)
     loss_fn.regulariser_scale = 1.5  # an annealing factor on edge, Laplacian and face-normal terms
     total, terms = loss_fn(output, gt, images)
@@ -293,11 +298,19 @@ def test_p2m_loss_combines_weighted_terms():
     torch.testing.assert_close(terms["laplacian"], expected_laplacian)
     from p2m_geo.mesh_quality import face_adjacency
 
-    expected_face_normal = sum(  # block factors 0, 0.5, 2
-        1.5 * f * weights.face_normal * face_normal_loss(m.pos, m.face, face_adjacency(m.face), m.batch[m.face[0]])
-        for f, m in zip((0.0, 0.5, 2.0), output.meshes)
-    )
-    torch.testing.assert_close(terms["face_normal"], expected_face_normal)
+    def face_normal_terms(margins):  # block factors 0, 0.5, 2
+        return [
+            1.5
+            * f
+            * weights.face_normal
+            * face_normal_loss(m.pos, m.face, face_adjacency(m.face), m.batch[m.face[0]], margin_degrees=margin)
+            for f, m, margin in zip((0.0, 0.5, 2.0), output.meshes, margins)
+        ]
+
+    torch.testing.assert_close(terms["face_normal"], sum(face_normal_terms((30.0, 2.0, 4.0))))
+    # each margin changes its block's term: the per-block maximum is what was applied
+    for other in ((30.0, 0.0, 4.0), (30.0, 2.0, 2.0), (30.0, 4.0, 4.0)):
+        assert not torch.allclose(sum(face_normal_terms(other)), terms["face_normal"])
     from p2m_geo.losses import image_reconstruction_loss
 
     torch.testing.assert_close(terms["image"], weights.image * image_reconstruction_loss(output.image_logits, images))
