@@ -114,7 +114,7 @@ class LossWeights:
     #: ``face_normal_margin``): a coarse level needs sharp corners to stand for the shape, while
     #: folds (angles near 180 degrees) are wrong at every level
     face_normal_block_margins: Tuple[float, ...] = (0.0, 0.0, 0.0)
-    regulariser_start: float = 1.0  #: factor on edge + Laplacian in epoch 1, annealed linearly to 1 ...
+    regulariser_start: float = 1.0  #: factor on edge, Laplacian, face-normal in epoch 1, annealed to 1 ...
     regulariser_anneal_epochs: int = 0  #: ... over this many epochs (0: constant weights)
 
     def __post_init__(self) -> None:
@@ -149,7 +149,7 @@ class LossWeights:
         )
 
     def regulariser_factor(self, epoch: int) -> float:
-        """Factor on the edge and Laplacian weights in (0-based) ``epoch``."""
+        """Factor on the edge, Laplacian and face-normal weights in (0-based) ``epoch``."""
         if self.regulariser_anneal_epochs <= 0:
             return 1.0
         progress = min(1.0, epoch / self.regulariser_anneal_epochs)

@@ -308,7 +308,7 @@ def test_p2m_loss_combines_weighted_terms():
         ]
 
     torch.testing.assert_close(terms["face_normal"], sum(face_normal_terms((30.0, 2.0, 4.0))))
-    # each margin changes its block's term: the per-block maximum is what was applied
+    # blocks 2 and 3 (block 1 has factor 0): each takes the larger of its margin and the global one
     for other in ((30.0, 0.0, 4.0), (30.0, 2.0, 2.0), (30.0, 4.0, 4.0)):
         assert not torch.allclose(sum(face_normal_terms(other)), terms["face_normal"])
     from p2m_geo.losses import image_reconstruction_loss
