@@ -6,7 +6,7 @@ matmul peak measured in the same run. The breakdown comes from ``torch.profiler`
 (``record_function`` scopes in the model: encoder, projection, G-ResNet, unpooling;
 here: losses, optimiser). Data loading is measured alone on the procedural dataset.
 
-Usage: python benchmarks/bm_train.py [--preset full|cpu-quick] [--batch-sizes 1 8 32] [--quick]
+Usage: python benchmarks/bm_train.py [--preset full|cpu-quick|bundled|...] [--config FILE] [--against FILE] [--batch-sizes 1 8 32] [--quick]
        [--amp] [--compile] [--no-channels-last] [--workers N] [--write]
 On a GPU: python benchmarks/bm_train.py --device cuda --amp --compile --batch-sizes 1 8 32 64 128 --write
 """
@@ -19,8 +19,10 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import List
 
 import torch
+import yaml
 from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.flop_counter import FlopCounterMode
 from torch_geometric.data import Batch, Data
@@ -30,8 +32,9 @@ from common import machine_description, mode_label, report, synchronize  # noqa:
 
 from p2m_geo.runtime import setup_runtime  # noqa: E402
 from p2m_geo.camera import default_intrinsics  # noqa: E402
-from p2m_geo.config import Config, from_dict, preset_dict  # noqa: E402
-from p2m_geo.training import build_optimizer  # noqa: E402
+from p2m_geo.config import Config, from_dict, merge_dicts, preset_dict  # noqa: E402
+from p2m_geo.presets import PRESETS  # noqa: E402
+from p2m_geo.training import build_optimizer, freeze_parts  # noqa: E402
 from p2m_geo.losses import P2MLoss  # noqa: E402
 from p2m_geo.models import Pixel2Mesh  # noqa: E402
 
@@ -103,6 +106,36 @@ def train_step(model, loss_fn, optimizer, images, intrinsics, target, amp: bool 
         optimizer.step()
 
 
+def build_step(config: Config, batch_size: int, device: torch.device, amp: bool = False, channels_last: bool = True):
+    """``(model, step)``: a seeded model as ``p2m-geo train`` builds it and one training step on a
+    synthetic batch."""
+    torch.manual_seed(0)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = freeze_parts(Pixel2Mesh(config.model).to(device, memory_format=memory_format).train(), config.train)
+    loss_fn = P2MLoss(config.loss)
+    optimizer = build_optimizer(model, config.train)  # what p2m-geo train uses
+    images, intrinsics, target = synthetic_batch(batch_size, device)
+    return model, lambda: train_step(model, loss_fn, optimizer, images, intrinsics, target, amp)
+
+
+def interleaved_samples_per_s(configs: List[Config], batch_size: int, device: torch.device, rounds: int) -> List[float]:
+    """Samples/s of each config's training step, timed in turns (one step of each per round, the
+    median of ``rounds``), so that a machine's changing load hits them alike."""
+    steps = [build_step(config, batch_size, device)[1] for config in configs]
+    for step in steps:
+        step()
+        step()
+    times: List[List[float]] = [[] for _ in steps]
+    for _ in range(rounds):
+        for step, seconds in zip(steps, times):
+            synchronize(device)
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            seconds.append(time.perf_counter() - start)
+    return [batch_size / sorted(seconds)[len(seconds) // 2] for seconds in times]
+
+
 def measure(
     config: Config,
     batch_size: int,
@@ -113,13 +146,7 @@ def measure(
     compile_model: bool = False,
     channels_last: bool = True,
 ) -> dict:
-    torch.manual_seed(0)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = Pixel2Mesh(config.model).to(device, memory_format=memory_format).train()
-    loss_fn = P2MLoss(config.loss)
-    optimizer = build_optimizer(model, config.train)  # what p2m-geo train uses
-    images, intrinsics, target = synthetic_batch(batch_size, device)
-    step = lambda: train_step(model, loss_fn, optimizer, images, intrinsics, target, amp)  # noqa: E731
+    model, step = build_step(config, batch_size, device, amp, channels_last)
     step()
     flops_per_sample = count_flops(model, step) / batch_size  # on the eager model
     compile_seconds = 0.0
@@ -192,7 +219,14 @@ def data_loading_rate(config: Config, batch_size: int, workers: int, device: tor
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="full", choices=["full", "cpu-quick"])
+    parser.add_argument("--preset", default="full", choices=sorted(PRESETS))
+    parser.add_argument("--config", type=Path, help="YAML merged over the preset, as p2m-geo train --config")
+    parser.add_argument(
+        "--against",
+        type=Path,
+        help="only compare: samples/s of the preset (+ --config) and of it with this YAML merged too, "
+        "timed in turns at the first batch size; prints the ratio",
+    )
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="cpu-quick preset, B in {1, 8}, 3 steps (< 1 min)")
@@ -214,7 +248,25 @@ def main(argv=None) -> None:
         args.preset, args.batch_sizes, args.steps = "cpu-quick", [1, 8], 3
     # as p2m-geo train does (train.cpu_retain_memory; channels-last is chosen per measurement below)
     device = setup_runtime(args.device, retain_cpu_memory=args.retain_memory).device
-    config = from_dict(Config, preset_dict(args.preset))
+    values = preset_dict(args.preset)
+    if args.config is not None:
+        values = merge_dicts(values, yaml.safe_load(args.config.read_text()) or {})
+    config = from_dict(Config, values)
+    if args.against is not None:
+        other = from_dict(Config, merge_dicts(values, yaml.safe_load(args.against.read_text()) or {}))
+        batch_size = args.batch_sizes[0]
+        base, changed = interleaved_samples_per_s([config, other], batch_size, device, max(args.steps, 5))
+        log.info(
+            "%s, B = %d: %.2f samples/s; with %s: %.2f samples/s (%.2fx) -- %s",
+            args.preset,
+            batch_size,
+            base,
+            args.against,
+            changed,
+            changed / base,
+            machine_description(device),
+        )
+        return
     peak = matmul_peak_gflops(device)
     memory = "peak allocated GB" if device.type == "cuda" else "max RSS GB (process)"
     rows = [
@@ -251,7 +303,7 @@ def main(argv=None) -> None:
         f" Compilation took {max(r['compile_seconds'] for r in results):.0f} s (excluded)." if args.compile else ""
     )
     body = (
-        f"Machine: {machine_description(device)}\n\nPreset `{args.preset}`, {mode}, synthetic inputs (9000 GT points per "
+        f"Machine: {machine_description(device)}\n\nPreset `{args.preset}`{f' + `{args.config}`' if args.config else ''}, {mode}, synthetic inputs (9000 GT points per "
         f"sample); fp32 matmul peak measured in this run: {peak:.0f} GFLOP/s. Breakdown = share of profiled "
         f"{'GPU' if device.type == 'cuda' else 'CPU'} time (forward parts; backward and optimiser as whole phases)."
         f"{compile_note}\n\n"

@@ -114,7 +114,10 @@ class LossWeights:
     #: ``face_normal_margin``): a coarse level needs sharp corners to stand for the shape, while
     #: folds (angles near 180 degrees) are wrong at every level
     face_normal_block_margins: Tuple[float, ...] = (0.0, 0.0, 0.0)
-    regulariser_start: float = 1.0  #: factor on edge, Laplacian, face-normal in epoch 1, annealed to 1 ...
+    #: folds only: adjacent faces bent past 90 degrees, :math:`\max(0, -\cos\theta)` per pair, on every
+    #: block (the face-normal term with a 90-degree margin, at its own weight; smooth bends cost nothing)
+    face_fold: float = 0.0
+    regulariser_start: float = 1.0  #: factor on edge, Laplacian, face-normal, fold in epoch 1, annealed to 1 ...
     regulariser_anneal_epochs: int = 0  #: ... over this many epochs (0: constant weights)
 
     def __post_init__(self) -> None:
@@ -134,6 +137,7 @@ class LossWeights:
                     "move",
                     "image",
                     "face_normal",
+                    "face_fold",
                     "regulariser_anneal_epochs",
                 )
             }
@@ -149,7 +153,7 @@ class LossWeights:
         )
 
     def regulariser_factor(self, epoch: int) -> float:
-        """Factor on the edge, Laplacian and face-normal weights in (0-based) ``epoch``."""
+        """Factor on the edge, Laplacian, face-normal and fold weights in (0-based) ``epoch``."""
         if self.regulariser_anneal_epochs <= 0:
             return 1.0
         progress = min(1.0, epoch / self.regulariser_anneal_epochs)
@@ -177,6 +181,9 @@ class TrainConfig:
     #: > 0: validate, preview and save (``best.pt``, and ``model`` in ``last.pt``) an exponential
     #: moving average of the weights, updated after every step with this decay (0: the raw weights)
     ema_decay: float = 0.0
+    #: keep the image encoder's weights as built or loaded (a pretrained trunk as a fixed feature
+    #: extractor; no encoder backward, so faster steps); the G-ResNet and projection still train
+    freeze_encoder: bool = False
     gt_points: int = 0  #: > 0: the loss sees a fresh random subset of this many GT points per sample each step
     image_branch_epochs: int = 1  #: epochs the image branch trains for, when the model has one (0 disables it)
     workers: int = 2  #: DataLoader worker processes

@@ -32,6 +32,7 @@ from p2m_geo.training import (
     WeightAverage,
     build_optimizer,
     build_scheduler,
+    freeze_parts,
     train_one_epoch,
 )
 
@@ -80,7 +81,7 @@ def _run_training(config: Config, run_dir: Path, resume: bool, quiet: bool, ctx:
     runtime = setup_training_runtime(train, ctx)
     device = runtime.device
     train_set, val_set = build_datasets(config, ctx, _progress(quiet or not ctx.is_main))
-    model = runtime.place(Pixel2Mesh(config.model))
+    model = freeze_parts(runtime.place(Pixel2Mesh(config.model)), train)
     loss_fn = P2MLoss(config.loss)
     optimizer = build_optimizer(model, config.train)
     scheduler = build_scheduler(optimizer, config.train)

@@ -26,6 +26,10 @@ index pairs, which include every vertex's self-pair (length 0, cosine 0); here t
 average over the edges only. On the ellipsoid levels (about 6 neighbours per vertex) the
 original's mean is 6/7 of this one, so the same weights act 7/6 ≈ 1.167× as strongly
 here (multiply ``edge`` and ``normal`` by 6/7 to match the original exactly).
+
+Two terms are not in the original: ``face_normal`` (:func:`face_normal_loss`, adjacent face
+normals agree, :math:`1 - \cos\theta`) and ``face_fold`` (the same with a 90-degree margin,
+:math:`\max(0, -\cos\theta)`: folds only), both from one :func:`adjacent_face_cosines`.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ __all__ = [
     "normal_loss",
     "move_loss",
     "face_normal_loss",
+    "adjacent_face_cosines",
+    "bend_loss",
     "image_reconstruction_loss",
     "P2MLoss",
 ]
@@ -156,6 +162,27 @@ def move_loss(
     return reduce_per_graph(scatter(squared, batch, dim=0, dim_size=num_graphs, reduce="mean"), reduction)
 
 
+def adjacent_face_cosines(pos: Tensor, face: Tensor, adjacency: Tensor) -> Tensor:
+    r""":math:`\langle n_f, n_g\rangle = \cos\theta_{fg}` of the unit normals of each pair of faces
+    :math:`(f, g)` sharing an edge (``adjacency`` ``[2,A]``) -> ``[A]``."""
+    from p2m_geo.ops.sampling import face_normals
+
+    normals = face_normals(pos, face)
+    return (normals[adjacency[0]] * normals[adjacency[1]]).sum(-1)
+
+
+def bend_loss(
+    cosine: Tensor, pair_batch: Tensor, num_graphs: int, reduction: str = "mean", margin_degrees: float = 0.0
+) -> Tensor:
+    r"""Per-graph mean over face pairs of :math:`\max(0,\ \cos\theta_0 - \cos\theta)`,
+    :math:`\theta_0` = ``margin_degrees`` (:math:`1 - \cos\theta` without a margin); ``cosine``
+    from :func:`adjacent_face_cosines`, ``pair_batch`` the graph of each pair."""
+    disagreement = 1.0 - cosine
+    if margin_degrees > 0:
+        disagreement = (disagreement - (1.0 - math.cos(math.radians(margin_degrees)))).clamp_min(0.0)
+    return reduce_per_graph(scatter(disagreement, pair_batch, dim=0, dim_size=num_graphs, reduce="mean"), reduction)
+
+
 def face_normal_loss(
     pos: Tensor,
     face: Tensor,
@@ -170,25 +197,19 @@ def face_normal_loss(
     With no margin it is PyTorch3D's ``mesh_normal_consistency``, :math:`1 - \cos\theta`: 0
     for a plane, small for a smooth surface, up to 2 for a face folded back onto its
     neighbour. A margin leaves dihedral angles up to :math:`\theta_0` free (corners and
-    creases of the shape) and penalises only sharper bends and folds. Not in the original
-    Pixel2Mesh; it penalises the crumples and folds that the vertex-based Laplacian lets
-    through (``p2m_geo.mesh_quality`` measures them).
+    creases of the shape) and penalises only sharper bends and folds; at 90 degrees it is the
+    fold term, :math:`\max(0, -\cos\theta)`. Not in the original Pixel2Mesh; it penalises
+    the crumples and folds that the vertex-based Laplacian lets through
+    (``p2m_geo.mesh_quality`` measures them).
 
     Args:
         face: ``[3,F]``; adjacency: ``[2,A]`` face pairs from
             :func:`p2m_geo.mesh_quality.face_adjacency`; face_batch: graph id per face.
         margin_degrees: angle between adjacent face normals below which a pair costs nothing.
     """
-    from p2m_geo.ops.sampling import face_normals
-
     num_graphs = int(face_batch.max()) + 1 if num_graphs is None else num_graphs
-    normals = face_normals(pos, face)
-    disagreement = 1.0 - (normals[adjacency[0]] * normals[adjacency[1]]).sum(-1)
-    if margin_degrees > 0:
-        disagreement = (disagreement - (1.0 - math.cos(math.radians(margin_degrees)))).clamp_min(0.0)
-    return reduce_per_graph(
-        scatter(disagreement, face_batch[adjacency[0]], dim=0, dim_size=num_graphs, reduce="mean"), reduction
-    )
+    cosine = adjacent_face_cosines(pos, face, adjacency)
+    return bend_loss(cosine, face_batch[adjacency[0]], num_graphs, reduction, margin_degrees)
 
 
 def image_reconstruction_loss(logits: Tensor, images: Tensor) -> Tensor:
@@ -220,12 +241,13 @@ class P2MLoss(nn.Module):
         self._adjacency: Dict[Tuple, Tuple[Tensor, Tensor]] = {}
 
     def _face_adjacency(self, mesh) -> Tuple[Tensor, Tensor]:
-        """Face pairs sharing an edge and the graph of each face, cached per topology."""
+        """Face pairs sharing an edge and the graph of each pair, cached per topology."""
         key = (mesh.face.data_ptr(), mesh.face.shape, mesh.face.device)
         if key not in self._adjacency:
             from p2m_geo.mesh_quality import face_adjacency
 
-            self._adjacency[key] = (face_adjacency(mesh.face), mesh.batch[mesh.face[0]])
+            adjacency = face_adjacency(mesh.face)
+            self._adjacency[key] = (adjacency, mesh.batch[mesh.face[0, adjacency[0]]])
         return self._adjacency[key]
 
     def forward(self, output, target, images: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
@@ -273,21 +295,16 @@ class P2MLoss(nn.Module):
             if block > 0:
                 add("move", w.move * move_loss(before, mesh.pos, mesh.batch, num_graphs))
             face_normal_weight = w.face_normal * w.face_normal_block_factors[block]
+            if face_normal_weight > 0 or w.face_fold > 0:
+                adjacency, pair_batch = self._face_adjacency(mesh)
+                cosine = adjacent_face_cosines(mesh.pos, mesh.face, adjacency)
             if face_normal_weight > 0:
-                adjacency, face_batch = self._face_adjacency(mesh)
-                add(
-                    "face_normal",
-                    self.regulariser_scale
-                    * face_normal_weight
-                    * face_normal_loss(
-                        mesh.pos,
-                        mesh.face,
-                        adjacency,
-                        face_batch,
-                        num_graphs,
-                        margin_degrees=max(w.face_normal_margin, w.face_normal_block_margins[block]),
-                    ),
-                )
+                margin = max(w.face_normal_margin, w.face_normal_block_margins[block])
+                bend = bend_loss(cosine, pair_batch, num_graphs, margin_degrees=margin)
+                add("face_normal", self.regulariser_scale * face_normal_weight * bend)
+            if w.face_fold > 0:
+                fold = bend_loss(cosine, pair_batch, num_graphs, margin_degrees=90.0)
+                add("fold", self.regulariser_scale * w.face_fold * fold)
         if images is not None and output.image_logits is not None:
             add("image", w.image * image_reconstruction_loss(output.image_logits, images))
         total = torch.stack(list(terms.values())).sum()

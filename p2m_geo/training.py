@@ -29,6 +29,7 @@ __all__ = [
     "parameter_groups",
     "build_optimizer",
     "build_scheduler",
+    "freeze_parts",
     "train_one_epoch",
 ]
 
@@ -111,12 +112,23 @@ class WeightAverage:
             mine.copy_(theirs)
 
 
+def freeze_parts(model: Pixel2Mesh, train: TrainConfig) -> Pixel2Mesh:
+    """Turn off the gradients of what ``train`` keeps fixed (``freeze_encoder``: the image
+    encoder); :func:`parameter_groups` then leaves those parameters out."""
+    if train.freeze_encoder:
+        model.encoder.requires_grad_(False)
+    return model
+
+
 def parameter_groups(model: Pixel2Mesh, train: TrainConfig) -> List[Dict]:
     """Adam parameter groups: image-convolution weights (``encoder_weight_decay``; the
     encoder and the image decoder), graph-convolution weights (``weight_decay``), and the
-    biases and normalisation parameters (no decay), as the original regularised weights only."""
+    biases and normalisation parameters (no decay), as the original regularised weights only.
+    Parameters that do not require a gradient are left out."""
     groups: Dict[str, List[nn.Parameter]] = {"image": [], "graph": [], "none": []}
     for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:  # frozen (train.freeze_encoder, Lite0's classifier)
+            continue
         if parameter.dim() < 2:
             groups["none"].append(parameter)
         elif name.startswith(("encoder.", "image_decoder.")):

@@ -474,3 +474,23 @@ def test_weight_average_is_what_is_validated_saved_and_resumed(tiny_data, tmp_pa
     mean = json.loads(json_path.read_text())["model"]["mean"]
     assert mean["cd"] == pytest.approx(float(row["val_cd"]), rel=1e-5)  # both x1000
     assert mean["f@0.0001"] == pytest.approx(float(row["val_f@0.0001"]), rel=1e-5)
+
+
+def test_freeze_encoder_trains_the_graph_network_only(tiny_data, tiny_config, tmp_path):
+    """``train.freeze_encoder``: after one step and after two the encoder's weights are equal
+    (those the run started from), while the G-ResNet's change; without it the encoder trains."""
+    import yaml
+
+    from conftest import TINY
+
+    frozen = tmp_path / "frozen.yaml"
+    frozen.write_text(yaml.safe_dump({**TINY, "train": {**TINY["train"], "freeze_encoder": True}}))
+    runs = tmp_path / "runs"
+    for name, config, steps in (("one", frozen, 1), ("two", frozen, 2), ("free", tiny_config, 2)):
+        result = invoke(*train_args(tiny_data, config, runs, name, 1), "--max-steps", steps)
+        assert result.exit_code == 0, result.output
+    one, two, free = (weights(runs / name / "last.pt") for name in ("one", "two", "free"))
+    encoder = [key for key in one if key.startswith("encoder.") and key.endswith("weight")]
+    assert encoder and all(torch.equal(one[key], two[key]) for key in encoder)
+    assert not all(torch.equal(one[key], free[key]) for key in encoder)
+    assert not torch.equal(one["blocks.2.conv_out.lin_rel.weight"], two["blocks.2.conv_out.lin_rel.weight"])

@@ -275,7 +275,11 @@ def test_p2m_loss_combines_weighted_terms():
             Data(pos=torch.randn(200, 3) * 0.2 + torch.tensor([0, 0, -0.8]), normal=torch.randn(200, 3)),
         ]
     )
+    generator = torch.Generator().manual_seed(0)
+    for mesh in output.meshes:  # crumpled, so that some adjacent faces fold past 90 degrees
+        mesh.pos = mesh.pos + 0.03 * torch.randn(mesh.pos.shape, generator=generator)
     weights = LossWeights(
+        face_fold=0.2,
         face_normal=0.01,
         face_normal_block_factors=(0.0, 0.5, 2.0),
         face_normal_margin=2.0,
@@ -284,7 +288,7 @@ def test_p2m_loss_combines_weighted_terms():
     loss_fn = P2MLoss(weights)
     loss_fn.regulariser_scale = 1.5  # an annealing factor on edge, Laplacian and face-normal terms
     total, terms = loss_fn(output, gt, images)
-    assert set(terms) == {"chamfer", "normal", "edge", "laplacian", "move", "face_normal", "image"}
+    assert set(terms) == {"chamfer", "normal", "edge", "laplacian", "move", "face_normal", "fold", "image"}
     torch.testing.assert_close(total, sum(terms.values()))
     # the edge term is the weighted sum over the three blocks of the pure function
     expected_edge = sum(1.5 * weights.edge * edge_length_loss(m.pos, m.edge_index, m.batch) for m in output.meshes)
@@ -311,6 +315,13 @@ def test_p2m_loss_combines_weighted_terms():
     # blocks 2 and 3 (block 1 has factor 0): each takes the larger of its margin and the global one
     for other in ((30.0, 0.0, 4.0), (30.0, 2.0, 2.0), (30.0, 4.0, 4.0)):
         assert not torch.allclose(sum(face_normal_terms(other)), terms["face_normal"])
+    # the fold term: the face-normal term with a 90-degree margin on every block, at its own weight
+    folds = [
+        face_normal_loss(m.pos, m.face, face_adjacency(m.face), m.batch[m.face[0]], margin_degrees=90.0)
+        for m in output.meshes
+    ]
+    assert folds[-1] > 0
+    torch.testing.assert_close(terms["fold"], 1.5 * weights.face_fold * sum(folds))
     from p2m_geo.losses import image_reconstruction_loss
 
     torch.testing.assert_close(terms["image"], weights.image * image_reconstruction_loss(output.image_logits, images))
@@ -345,11 +356,12 @@ def test_p2m_loss_combines_weighted_terms():
     assert model.blocks[0].conv_out.lin_rel.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("margin_degrees", [0.0, 15.0])
+@pytest.mark.parametrize("margin_degrees", [0.0, 15.0, 90.0])  # 90: the fold term
 def test_face_normal_loss_matches_loop_over_adjacent_faces(levels, margin_degrees):
     from p2m_geo.mesh_quality import face_adjacency
 
-    meshes = [perturbed(levels[0], seed, 0.01 * (seed + 1)) for seed in range(2)]
+    noise = 0.01 if margin_degrees < 90 else 0.05  # enough to fold some pairs past 90 degrees
+    meshes = [perturbed(levels[0], seed, noise * (seed + 1)) for seed in range(2)]
     expected, angles = [], []
     for mesh in meshes:
         pos, faces = mesh.pos.double().numpy(), mesh.face.t().numpy()
