@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import List
 
 import torch
-import yaml
 from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.flop_counter import FlopCounterMode
 from torch_geometric.data import Batch, Data
@@ -32,7 +31,7 @@ from common import machine_description, mode_label, report, synchronize  # noqa:
 
 from p2m_geo.runtime import setup_runtime  # noqa: E402
 from p2m_geo.camera import default_intrinsics  # noqa: E402
-from p2m_geo.config import Config, from_dict, merge_dicts, preset_dict  # noqa: E402
+from p2m_geo.config import Config, from_dict, merge_dicts, preset_dict, read_yaml_dict  # noqa: E402
 from p2m_geo.presets import PRESETS  # noqa: E402
 from p2m_geo.training import build_optimizer, freeze_parts  # noqa: E402
 from p2m_geo.losses import P2MLoss  # noqa: E402
@@ -250,10 +249,10 @@ def main(argv=None) -> None:
     device = setup_runtime(args.device, retain_cpu_memory=args.retain_memory).device
     values = preset_dict(args.preset)
     if args.config is not None:
-        values = merge_dicts(values, yaml.safe_load(args.config.read_text()) or {})
+        values = merge_dicts(values, read_yaml_dict(args.config))
     config = from_dict(Config, values)
     if args.against is not None:
-        other = from_dict(Config, merge_dicts(values, yaml.safe_load(args.against.read_text()) or {}))
+        other = from_dict(Config, merge_dicts(values, read_yaml_dict(args.against)))
         batch_size = args.batch_sizes[0]
         base, changed = interleaved_samples_per_s([config, other], batch_size, device, max(args.steps, 5))
         log.info(

@@ -235,7 +235,7 @@ class P2MLoss(nn.Module):
             raise ValueError(f"search: expected one of {', '.join(SEARCHES)}, got {search!r}")
         self.weights = weights or LossWeights()
         self.search = search
-        #: factor on the edge, Laplacian and face-normal terms, set per epoch by the trainer
+        #: factor on the edge, Laplacian, face-normal and fold terms, set per epoch by the trainer
         #: (LossWeights.regulariser_factor)
         self.regulariser_scale = 1.0
         self._adjacency: Dict[Tuple, Tuple[Tensor, Tensor]] = {}

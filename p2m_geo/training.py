@@ -114,7 +114,7 @@ class WeightAverage:
 
 def freeze_parts(model: Pixel2Mesh, train: TrainConfig) -> Pixel2Mesh:
     """Turn off the gradients of what ``train`` keeps fixed (``freeze_encoder``: the image
-    encoder); :func:`parameter_groups` then leaves those parameters out."""
+    encoder); the optimiser then never changes those parameters (they get no gradient)."""
     if train.freeze_encoder:
         model.encoder.requires_grad_(False)
     return model
@@ -124,11 +124,10 @@ def parameter_groups(model: Pixel2Mesh, train: TrainConfig) -> List[Dict]:
     """Adam parameter groups: image-convolution weights (``encoder_weight_decay``; the
     encoder and the image decoder), graph-convolution weights (``weight_decay``), and the
     biases and normalisation parameters (no decay), as the original regularised weights only.
-    Parameters that do not require a gradient are left out."""
+    Frozen parameters stay in their group: Adam skips a parameter without a gradient, and the
+    groups stay those of earlier checkpoints, so their runs still resume."""
     groups: Dict[str, List[nn.Parameter]] = {"image": [], "graph": [], "none": []}
     for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:  # frozen (train.freeze_encoder, Lite0's classifier)
-            continue
         if parameter.dim() < 2:
             groups["none"].append(parameter)
         elif name.startswith(("encoder.", "image_decoder.")):
