@@ -167,3 +167,29 @@ def test_variant_configs_of_the_readme_tables_load_with_every_value_applied(path
 
 def test_variant_configs_are_there():
     assert len(VARIANT_CONFIGS) >= 11
+
+
+#: cpu-quick as rounds 3-6 (and round 7's 8-epoch rows) ran on, before round 7 changed it
+CPU_QUICK_BEFORE_ROUND_7 = {"num_residual": 2, "epochs": 8, "lr_milestones": (6,), "gt_points": 4000}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in VARIANT_CONFIGS if p.parent.name in ("round3", "round4", "round5", "round6")],
+    ids=lambda p: f"{p.parent.name}/{p.stem}",
+)
+def test_variant_configs_of_earlier_rounds_still_run_on_the_network_they_were_measured_with(path):
+    """Rounds 3-6 ran on cpu-quick with two residual pairs, 4000 GT points and 8 epochs (lr drop
+    after 6): their files pin those, so the current preset plus the file is still that run."""
+    from p2m_geo.config import merge_dicts, preset_dict
+
+    changes = yaml.safe_load(path.read_text())
+    config = from_dict(Config, merge_dicts(preset_dict("cpu-quick"), changes))
+    got = {
+        "num_residual": config.model.num_residual,
+        "epochs": config.train.epochs,
+        "lr_milestones": tuple(config.train.lr_milestones),
+        "gt_points": config.train.gt_points,
+    }
+    pinned = {key: value for key, value in CPU_QUICK_BEFORE_ROUND_7.items() if key not in changes.get("train", {})}
+    assert {key: got[key] for key in pinned} == pinned
