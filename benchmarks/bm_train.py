@@ -107,13 +107,13 @@ def train_step(model, loss_fn, optimizer, images, intrinsics, target, amp: bool 
 
 def build_step(config: Config, batch_size: int, device: torch.device, amp: bool = False, channels_last: bool = True):
     """``(model, step)``: a seeded model as ``p2m-geo train`` builds it and one training step on a
-    synthetic batch."""
+    synthetic batch with ``train.gt_points`` GT points per view (9000, a ShapeNet view's, when 0)."""
     torch.manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = freeze_parts(Pixel2Mesh(config.model).to(device, memory_format=memory_format).train(), config.train)
     loss_fn = P2MLoss(config.loss)
     optimizer = build_optimizer(model, config.train)  # what p2m-geo train uses
-    images, intrinsics, target = synthetic_batch(batch_size, device)
+    images, intrinsics, target = synthetic_batch(batch_size, device, config.train.gt_points or 9000)
     return model, lambda: train_step(model, loss_fn, optimizer, images, intrinsics, target, amp)
 
 
