@@ -38,6 +38,8 @@ from p2m_geo.losses import P2MLoss  # noqa: E402
 from p2m_geo.models import Pixel2Mesh  # noqa: E402
 
 log = logging.getLogger("bm_train")
+#: GT points per view of a ShapeNetP2M rendering: the synthetic batch's size when ``train.gt_points`` is 0
+SHAPENET_GT_POINTS = 9000
 PARTS = ("p2m.encoder", "p2m.projection", "p2m.gresnet", "p2m.unpooling", "p2m.losses", "p2m.backward", "p2m.optimizer")
 
 
@@ -57,7 +59,7 @@ def matmul_peak_gflops(device: torch.device, size: int = 2048, repeats: int = 10
     return best
 
 
-def synthetic_batch(batch_size: int, device: torch.device, gt_points: int = 9000):
+def synthetic_batch(batch_size: int, device: torch.device, gt_points: int = SHAPENET_GT_POINTS):
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(batch_size, 3, 224, 224, generator=generator)
     target = Batch.from_data_list(
@@ -107,13 +109,13 @@ def train_step(model, loss_fn, optimizer, images, intrinsics, target, amp: bool 
 
 def build_step(config: Config, batch_size: int, device: torch.device, amp: bool = False, channels_last: bool = True):
     """``(model, step)``: a seeded model as ``p2m-geo train`` builds it and one training step on a
-    synthetic batch with ``train.gt_points`` GT points per view (9000, a ShapeNet view's, when 0)."""
+    synthetic batch with ``train.gt_points`` GT points per view (:data:`SHAPENET_GT_POINTS` when 0)."""
     torch.manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = freeze_parts(Pixel2Mesh(config.model).to(device, memory_format=memory_format).train(), config.train)
     loss_fn = P2MLoss(config.loss)
     optimizer = build_optimizer(model, config.train)  # what p2m-geo train uses
-    images, intrinsics, target = synthetic_batch(batch_size, device, config.train.gt_points or 9000)
+    images, intrinsics, target = synthetic_batch(batch_size, device, config.train.gt_points or SHAPENET_GT_POINTS)
     return model, lambda: train_step(model, loss_fn, optimizer, images, intrinsics, target, amp)
 
 
@@ -302,8 +304,8 @@ def main(argv=None) -> None:
         f" Compilation took {max(r['compile_seconds'] for r in results):.0f} s (excluded)." if args.compile else ""
     )
     body = (
-        f"Machine: {machine_description(device)}\n\nPreset `{args.preset}`{f' + `{args.config}`' if args.config else ''}, {mode}, synthetic inputs (9000 GT points per "
-        f"sample); fp32 matmul peak measured in this run: {peak:.0f} GFLOP/s. Breakdown = share of profiled "
+        f"Machine: {machine_description(device)}\n\nPreset `{args.preset}`{f' + `{args.config}`' if args.config else ''}, {mode}, synthetic inputs "
+        f"({config.train.gt_points or SHAPENET_GT_POINTS} GT points per sample); fp32 matmul peak measured in this run: {peak:.0f} GFLOP/s. Breakdown = share of profiled "
         f"{'GPU' if device.type == 'cuda' else 'CPU'} time (forward parts; backward and optimiser as whole phases)."
         f"{compile_note}\n\n"
         + "\n".join(rows)

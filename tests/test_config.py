@@ -151,14 +151,19 @@ def test_renamed_keys_of_old_configs_and_checkpoints_still_load():
 VARIANT_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "variant_configs").glob("*/*.yaml"))
 
 
+def variant_over_cpu_quick(path: Path):
+    """``(changes, config)``: a variant file's values and ``--preset cpu-quick --config <file>``."""
+    from p2m_geo.config import merge_dicts, preset_dict
+
+    changes = yaml.safe_load(path.read_text())
+    return changes, from_dict(Config, merge_dicts(preset_dict("cpu-quick"), changes))
+
+
 @pytest.mark.parametrize("path", VARIANT_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_variant_configs_of_the_readme_tables_load_with_every_value_applied(path):
     """The README's variant rows are ``p2m-geo train --preset cpu-quick --config <file>``: each
     file loads over the preset and every value in it reaches the config."""
-    from p2m_geo.config import merge_dicts, preset_dict
-
-    changes = yaml.safe_load(path.read_text())
-    config = from_dict(Config, merge_dicts(preset_dict("cpu-quick"), changes))
+    changes, config = variant_over_cpu_quick(path)
     for section, values in changes.items():
         for key, value in values.items():
             got = getattr(getattr(config, section), key)
@@ -181,10 +186,7 @@ CPU_QUICK_BEFORE_ROUND_7 = {"num_residual": 2, "epochs": 8, "lr_milestones": (6,
 def test_variant_configs_of_earlier_rounds_still_run_on_the_network_they_were_measured_with(path):
     """Rounds 3-6 ran on cpu-quick with two residual pairs, 4000 GT points and 8 epochs (lr drop
     after 6): their files pin those, so the current preset plus the file is still that run."""
-    from p2m_geo.config import merge_dicts, preset_dict
-
-    changes = yaml.safe_load(path.read_text())
-    config = from_dict(Config, merge_dicts(preset_dict("cpu-quick"), changes))
+    _, config = variant_over_cpu_quick(path)
     got = {
         "num_residual": config.model.num_residual,
         "epochs": config.train.epochs,
