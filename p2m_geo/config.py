@@ -41,6 +41,9 @@ __all__ = [
 
 T = TypeVar("T")
 
+#: forms of the face-normal term (``loss.face_normal_form``; :func:`p2m_geo.losses.bend_loss`)
+FACE_NORMAL_FORMS = ("one_minus_cos", "normal_difference")
+
 
 @dataclass
 class ModelConfig:
@@ -63,6 +66,9 @@ class ModelConfig:
     image_branch: bool = False
     last_block_tail: bool = True  #: block 3 ends hidden -> hidden/2 (ReLU) -> 3, as the original (15 convs)
     offset_bound: float = 0.0  #: > 0: each block's offsets are b * tanh(raw / b), at most b per axis (0: unbounded)
+    #: lambda > 0: each block's offsets pass through (I + lambda L)^-1, L the level's graph Laplacian (a
+    #: low-pass filter: smooth offsets, smooth gradients; Nicolet et al. 2021, "Large Steps"); 0: off
+    offset_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         from p2m_geo.models.encoders import encoder_names
@@ -82,6 +88,7 @@ class ModelConfig:
                 "encoder_width": (lambda v: 0 < v <= 8, "a number in (0, 8]"),
                 "image_size": (lambda v: v >= 32, "an integer >= 32"),
                 "offset_bound": (lambda v: v >= 0, "a number >= 0"),
+                "offset_smoothing": (lambda v: v >= 0, "a number >= 0"),
             },
         )
 
@@ -114,6 +121,10 @@ class LossWeights:
     #: ``face_normal_margin``): a coarse level needs sharp corners to stand for the shape, while
     #: folds (angles near 180 degrees) are wrong at every level
     face_normal_block_margins: Tuple[float, ...] = (0.0, 0.0, 0.0)
+    #: cost of one pair as a function of the angle between its normals: ``one_minus_cos``
+    #: (:math:`1 - \cos\theta \approx \theta^2/2`) or ``normal_difference`` (:math:`\lVert n_f - n_g\rVert
+    #: \approx \theta`, edge-preserving: corners cost less, small crumples more); p2m_geo.losses.bend_loss
+    face_normal_form: str = "one_minus_cos"
     #: folds only: adjacent faces bent past 90 degrees, :math:`\max(0, -\cos\theta)` per pair, on every
     #: block (the face-normal term with a 90-degree margin, at its own weight; smooth bends cost nothing)
     face_fold: float = 0.0
@@ -144,6 +155,12 @@ class LossWeights:
             | {"regulariser_start": (lambda v: v > 0, "a number > 0")}
             | {"face_normal_block_factors": (lambda v: len(v) == 3 and min(v) >= 0, "3 numbers >= 0")}
             | {"face_normal_margin": (lambda v: 0 <= v < 180, "degrees in [0, 180)")}
+            | {
+                "face_normal_form": (
+                    lambda v: v in FACE_NORMAL_FORMS,
+                    " or ".join(FACE_NORMAL_FORMS),
+                )
+            }
             | {
                 "face_normal_block_margins": (
                     lambda v: len(v) == 3 and all(0 <= a < 180 for a in v),

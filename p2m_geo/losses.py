@@ -28,7 +28,8 @@ original's mean is 6/7 of this one, so the same weights act 7/6 ≈ 1.167× as s
 here (multiply ``edge`` and ``normal`` by 6/7 to match the original exactly).
 
 Two terms are not in the original: ``face_normal`` (:func:`face_normal_loss`, adjacent face
-normals agree, :math:`1 - \cos\theta`) and ``face_fold`` (the same with a 90-degree margin,
+normals agree, :math:`1 - \cos\theta`, or :math:`\lVert n_f - n_g\rVert` with
+``face_normal_form: normal_difference``) and ``face_fold`` (the same with a 90-degree margin,
 :math:`\max(0, -\cos\theta)`: folds only), both from one :func:`adjacent_face_cosines`.
 """
 
@@ -43,7 +44,7 @@ from torch import Tensor, nn
 from torch_geometric import EdgeIndex
 from torch_geometric.utils import scatter
 
-from p2m_geo.config import LossWeights
+from p2m_geo.config import FACE_NORMAL_FORMS, LossWeights
 from p2m_geo.ops.chamfer import ChamferResult, chamfer_distance, num_graphs_of, reduce_per_graph
 from p2m_geo.ops.knn import SEARCHES, nearest_indices
 
@@ -59,6 +60,7 @@ __all__ = [
     "face_normal_loss",
     "adjacent_face_cosines",
     "bend_loss",
+    "FACE_NORMAL_FORMS",
     "image_reconstruction_loss",
     "P2MLoss",
 ]
@@ -172,14 +174,40 @@ def adjacent_face_cosines(pos: Tensor, face: Tensor, adjacency: Tensor) -> Tenso
 
 
 def bend_loss(
-    cosine: Tensor, pair_batch: Tensor, num_graphs: int, reduction: str = "mean", margin_degrees: float = 0.0
+    cosine: Tensor,
+    pair_batch: Tensor,
+    num_graphs: int,
+    reduction: str = "mean",
+    margin_degrees: float = 0.0,
+    form: str = "one_minus_cos",
 ) -> Tensor:
-    r"""Per-graph mean over face pairs of :math:`\max(0,\ \cos\theta_0 - \cos\theta)`,
-    :math:`\theta_0` = ``margin_degrees`` (:math:`1 - \cos\theta` without a margin); ``cosine``
-    from :func:`adjacent_face_cosines`, ``pair_batch`` the graph of each pair."""
-    disagreement = 1.0 - cosine
+    r"""Per-graph mean over face pairs of a bend cost :math:`c(\theta)` above a margin,
+    :math:`\max(0,\ c(\theta) - c(\theta_0))`, :math:`\theta_0` = ``margin_degrees``;
+    ``cosine`` from :func:`adjacent_face_cosines`, ``pair_batch`` the graph of each pair.
+
+    ``form`` picks :math:`c`:
+
+    - ``one_minus_cos``: :math:`1 - \cos\theta = \tfrac12\lVert n_f - n_g\rVert^2 \approx
+      \theta^2/2`, quadratic in the angle (PyTorch3D's ``mesh_normal_consistency``);
+    - ``normal_difference``: :math:`\lVert n_f - n_g\rVert = \sqrt{2(1 - \cos\theta)} =
+      2\sin(\theta/2) \approx \theta`, linear in the angle (the total-variation, edge-preserving
+      prior of mesh denoising): a sharp corner costs what the same turn spread over a rounded
+      one costs, while every small crumple costs in proportion to its angle, not its square.
+      Computed as :math:`\sqrt{2(1-\cos\theta) + \epsilon^2} - \epsilon`,
+      :math:`\epsilon = 10^{-4}`, so its gradient stays finite at :math:`\theta = 0`.
+    """
+    if form not in FACE_NORMAL_FORMS:
+        raise ValueError(f"form: expected one of {', '.join(FACE_NORMAL_FORMS)}, got {form!r}")
+    one_minus_cos = 1.0 - cosine
+    threshold = 1.0 - math.cos(math.radians(margin_degrees))
+    if form == "normal_difference":
+        eps = 1e-4
+        disagreement = (2.0 * one_minus_cos.clamp_min(0.0) + eps * eps).sqrt() - eps
+        threshold = math.sqrt(2.0 * threshold + eps * eps) - eps
+    else:
+        disagreement = one_minus_cos
     if margin_degrees > 0:
-        disagreement = (disagreement - (1.0 - math.cos(math.radians(margin_degrees)))).clamp_min(0.0)
+        disagreement = (disagreement - threshold).clamp_min(0.0)
     return reduce_per_graph(scatter(disagreement, pair_batch, dim=0, dim_size=num_graphs, reduce="mean"), reduction)
 
 
@@ -191,6 +219,7 @@ def face_normal_loss(
     num_graphs: Optional[int] = None,
     reduction: str = "mean",
     margin_degrees: float = 0.0,
+    form: str = "one_minus_cos",
 ) -> Tensor:
     r"""Per-graph mean of :math:`\max(0,\ 1 - \langle n_f, n_g\rangle - (1 - \cos\theta_0))`
     over pairs of faces :math:`(f, g)` sharing an edge, :math:`\theta_0` = ``margin_degrees``.
@@ -206,10 +235,12 @@ def face_normal_loss(
         face: ``[3,F]``; adjacency: ``[2,A]`` face pairs from
             :func:`p2m_geo.mesh_quality.face_adjacency`; face_batch: graph id per face.
         margin_degrees: angle between adjacent face normals below which a pair costs nothing.
+        form: ``one_minus_cos`` or ``normal_difference`` (:func:`bend_loss`; with the latter,
+            each pair costs :math:`\lVert n_f - n_g\rVert` instead).
     """
     num_graphs = int(face_batch.max()) + 1 if num_graphs is None else num_graphs
     cosine = adjacent_face_cosines(pos, face, adjacency)
-    return bend_loss(cosine, face_batch[adjacency[0]], num_graphs, reduction, margin_degrees)
+    return bend_loss(cosine, face_batch[adjacency[0]], num_graphs, reduction, margin_degrees, form)
 
 
 def image_reconstruction_loss(logits: Tensor, images: Tensor) -> Tensor:
@@ -300,7 +331,7 @@ class P2MLoss(nn.Module):
                 cosine = adjacent_face_cosines(mesh.pos, mesh.face, adjacency)
             if face_normal_weight > 0:
                 margin = max(w.face_normal_margin, w.face_normal_block_margins[block])
-                bend = bend_loss(cosine, pair_batch, num_graphs, margin_degrees=margin)
+                bend = bend_loss(cosine, pair_batch, num_graphs, margin_degrees=margin, form=w.face_normal_form)
                 add("face_normal", self.regulariser_scale * face_normal_weight * bend)
             if w.face_fold > 0:
                 fold = bend_loss(cosine, pair_batch, num_graphs, margin_degrees=90.0)

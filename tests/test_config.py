@@ -24,6 +24,11 @@ from p2m_geo.config import Config, ConfigError, from_dict, load_yaml
         ({"loss": {"edge": -1}}, "loss.edge: expected a number >= 0, got -1.0"),
         ({"loss": {"face_normal_margin": 180}}, r"loss.face_normal_margin: expected degrees in \[0, 180\), got 180.0"),
         (
+            {"loss": {"face_normal_form": "l1"}},
+            "loss.face_normal_form: expected one_minus_cos or normal_difference, got 'l1'",
+        ),
+        ({"model": {"offset_smoothing": -2}}, "model.offset_smoothing: expected a number >= 0, got -2.0"),
+        (
             {"loss": {"face_normal_block_margins": [60, 60]}},
             r"loss.face_normal_block_margins: expected 3 degrees in \[0, 180\), got a tuple of 2",
         ),

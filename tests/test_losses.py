@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,8 @@ from torch_geometric.data import Batch, Data
 from p2m_geo.data import load_dat
 from p2m_geo.losses import (
     P2MLoss,
+    adjacent_face_cosines,
+    bend_loss,
     chamfer_distance,
     edge_and_normal_losses,
     edge_length_loss,
@@ -312,6 +316,21 @@ def test_p2m_loss_combines_weighted_terms():
         ]
 
     torch.testing.assert_close(terms["face_normal"], sum(face_normal_terms((30.0, 2.0, 4.0))))
+    # the edge-preserving form reaches every block, with the same factors and margins
+    chord_loss = P2MLoss(dataclasses.replace(weights, face_normal_form="normal_difference"))
+    chord_loss.regulariser_scale = 1.5
+    chord_terms = chord_loss(output, gt, images)[1]
+    expected_chord = sum(
+        1.5
+        * f
+        * weights.face_normal
+        * face_normal_loss(
+            m.pos, m.face, face_adjacency(m.face), m.batch[m.face[0]], margin_degrees=a, form="normal_difference"
+        )
+        for f, m, a in zip((0.0, 0.5, 2.0), output.meshes, (30.0, 2.0, 4.0))
+    )
+    torch.testing.assert_close(chord_terms["face_normal"], expected_chord)
+    assert not torch.allclose(chord_terms["face_normal"], terms["face_normal"])  # not the other form
     # blocks 2 and 3 (block 1 has factor 0): each takes the larger of its margin and the global one
     for other in ((30.0, 0.0, 4.0), (30.0, 2.0, 2.0), (30.0, 4.0, 4.0)):
         assert not torch.allclose(sum(face_normal_terms(other)), terms["face_normal"])
@@ -356,8 +375,17 @@ def test_p2m_loss_combines_weighted_terms():
     assert model.blocks[0].conv_out.lin_rel.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("margin_degrees", [0.0, 15.0, 90.0])  # 90: the fold term
-def test_face_normal_loss_matches_loop_over_adjacent_faces(levels, margin_degrees):
+@pytest.mark.parametrize(
+    "margin_degrees, form",
+    [
+        (0.0, "one_minus_cos"),
+        (15.0, "one_minus_cos"),
+        (90.0, "one_minus_cos"),
+        (0.0, "normal_difference"),
+        (15.0, "normal_difference"),
+    ],
+)  # 90 with one_minus_cos: the fold term
+def test_face_normal_loss_matches_loop_over_adjacent_faces(levels, margin_degrees, form):
     from p2m_geo.mesh_quality import face_adjacency
 
     noise = 0.01 if margin_degrees < 90 else 0.05  # enough to fold some pairs past 90 degrees
@@ -376,7 +404,11 @@ def test_face_normal_loss_matches_loop_over_adjacent_faces(levels, margin_degree
             cosine = float(np.clip(normals[f] @ normals[g], -1.0, 1.0))
             angle = np.degrees(np.arccos(cosine))
             angles.append(angle)
-            costs.append(np.cos(np.radians(margin_degrees)) - cosine if angle > margin_degrees else 0.0)
+            if form == "one_minus_cos":
+                cost = np.cos(np.radians(margin_degrees)) - cosine
+            else:  # the length of the normals' difference, the chord of the angle on the unit circle
+                cost = np.linalg.norm(normals[f] - normals[g]) - 2.0 * np.sin(np.radians(margin_degrees) / 2)
+            costs.append(cost if angle > margin_degrees else 0.0)
         expected.append(np.mean(costs))
     batch = Batch.from_data_list(meshes)
     values = face_normal_loss(
@@ -386,8 +418,21 @@ def test_face_normal_loss_matches_loop_over_adjacent_faces(levels, margin_degree
         batch.batch[batch.face[0]],
         reduction="none",
         margin_degrees=margin_degrees,
+        form=form,
     )
-    assert values.tolist() == pytest.approx(expected, rel=1e-9)
+    if form == "one_minus_cos":
+        assert values.tolist() == pytest.approx(expected, rel=1e-9)
+    else:  # sqrt(2 (1 - cos) + eps^2) - eps is within eps = 1e-4 of the exact chord for every pair
+        assert values.tolist() == pytest.approx(expected, abs=1e-4)
     assert values[1] > values[0] > 0
     if margin_degrees:  # both sides of the margin occur
         assert min(angles) < margin_degrees < max(angles)
+
+
+def test_bend_loss_refuses_an_unknown_form(levels):
+    from p2m_geo.mesh_quality import face_adjacency
+
+    mesh = Batch.from_data_list([perturbed(levels[0], 0, 0.01)])
+    cosine = adjacent_face_cosines(mesh.pos, mesh.face, face_adjacency(mesh.face))
+    with pytest.raises(ValueError, match="form: expected one of one_minus_cos, normal_difference, got 'l1'"):
+        bend_loss(cosine, torch.zeros_like(cosine, dtype=torch.long), 1, form="l1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -454,3 +455,44 @@ def test_channels_last_model_matches_contiguous_model():
         assert model.image_memory_format() == torch.channels_last
         result = model(images, intrinsics).meshes[2].pos
     torch.testing.assert_close(result, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_laplacian_smoothing_matrix_solves_the_sparse_system():
+    import scipy.sparse
+    import scipy.sparse.linalg
+
+    from p2m_geo.mesh import ellipsoid_hierarchy
+    from p2m_geo.models.pixel2mesh import laplacian_smoothing_matrix
+
+    level = ellipsoid_hierarchy().levels[1]
+    n, (rows, cols) = level.num_nodes, level.edge_index.numpy()
+    adjacency = scipy.sparse.coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n)).tocsr()
+    laplacian = scipy.sparse.diags(np.asarray(adjacency.sum(1)).ravel()) - adjacency
+    offsets = np.random.default_rng(0).normal(size=(n, 3))
+    expected = scipy.sparse.linalg.spsolve((scipy.sparse.identity(n) + 2.5 * laplacian).tocsc(), offsets)
+    matrix = laplacian_smoothing_matrix(level.edge_index, n, 2.5)
+    np.testing.assert_allclose(matrix.double().numpy() @ offsets, expected, atol=1e-5)
+    # a rigid shift passes unchanged; a field that alternates between neighbours is damped most
+    torch.testing.assert_close(matrix @ torch.ones(n), torch.ones(n))
+    damped = np.linalg.norm(matrix.double().numpy() @ offsets) / np.linalg.norm(offsets)
+    assert damped < 0.3
+
+
+def test_offset_smoothing_filters_each_blocks_offsets():
+    torch.manual_seed(0)
+    plain = Pixel2Mesh(SMALL).eval()
+    smoothing = Pixel2Mesh(dataclasses.replace(SMALL, offset_smoothing=3.0)).eval()
+    assert smoothing.state_dict().keys() == plain.state_dict().keys()  # the filters are derived, not saved
+    smoothing.load_state_dict(plain.state_dict())
+    with torch.no_grad():  # large output weights, so that the offsets are not tiny
+        for model in (plain, smoothing):
+            for block in model.blocks:
+                block.conv_out.lin_rel.weight.mul_(1000.0)
+    images, intrinsics = torch.rand(2, 3, 224, 224), default_intrinsics(2)
+    with torch.no_grad():
+        raw = plain(images, intrinsics).meshes[0].pos - plain.pos_0.repeat(2, 1)
+        filtered = smoothing(images, intrinsics).meshes[0].pos - plain.pos_0.repeat(2, 1)
+    matrix = smoothing.offset_filter_0.double()
+    expected = torch.cat([matrix @ raw[:156].double(), matrix @ raw[156:].double()]).float()
+    torch.testing.assert_close(filtered, expected, atol=1e-6, rtol=1e-4)
+    assert raw.abs().max() > 1e-2 and not torch.allclose(filtered, raw, atol=1e-3)

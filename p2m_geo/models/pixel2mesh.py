@@ -54,6 +54,28 @@ class Pixel2MeshOutput:
         return Pixel2MeshOutput(meshes, [p.float() for p in self.pos_before], logits, self.conv_indices)
 
 
+def laplacian_smoothing_matrix(edge_index: Tensor, num_nodes: int, strength: float) -> Tensor:
+    r"""Dense :math:`(I + \lambda L)^{-1}` for one mesh, :math:`L = D - A` its graph Laplacian
+    (``edge_index`` with both directions), :math:`\lambda` = ``strength``.
+
+    Applied to per-vertex offsets it is a low-pass filter: a Laplacian eigenvector of
+    eigenvalue :math:`\mu` is scaled by :math:`1 / (1 + \lambda\mu)`, so a rigid shift
+    (:math:`\mu = 0`) passes unchanged and a zig-zag between neighbours (the crumples and
+    folds of an unregularised mesh, :math:`\mu` of several units) is damped the most. In
+    backpropagation the same symmetric matrix smooths the gradient, which is the
+    reparametrisation of Nicolet et al., "Large Steps in Inverse Rendering of Geometry"
+    (2021). Symmetric, positive definite, rows summing to 1.
+
+    Shapes:
+        - **output:** ``[num_nodes, num_nodes]`` float32
+    """
+    adjacency = torch.zeros(num_nodes, num_nodes, dtype=torch.float64)
+    adjacency[edge_index[0], edge_index[1]] = 1.0
+    laplacian = torch.diag(adjacency.sum(1)) - adjacency
+    system = torch.eye(num_nodes, dtype=torch.float64) + strength * laplacian
+    return torch.linalg.inv(system).float()
+
+
 class Pixel2Mesh(nn.Module):
     r"""Image -> mesh by three graph-convolutional deformations of an ellipsoid.
 
@@ -92,6 +114,9 @@ class Pixel2Mesh(nn.Module):
             self.register_buffer(f"face_{level}", data.face)
             if level < NUM_LEVELS - 1:
                 self.register_buffer(f"unpool_index_{level}", data.unpool_index)
+            if config.offset_smoothing > 0:  # derived from the topology: not in checkpoints
+                filter_matrix = laplacian_smoothing_matrix(data.edge_index, data.num_nodes, config.offset_smoothing)
+                self.register_buffer(f"offset_filter_{level}", filter_matrix, persistent=False)
         self.encoder = build_encoder(config.backbone, config.encoder_width, config.backbone_weights, config.pretrained)
         feature_dim = 3 + sum(self.encoder.channels)
         self.projection = GraphProjection(config.image_size)
@@ -211,6 +236,9 @@ class Pixel2Mesh(nn.Module):
                 features = torch.cat([features, hidden], dim=-1)
             with record_function("p2m.gresnet"):
                 offset, hidden = block(features, conv_index if use_csr else topology.edge_index)
+            if self.config.offset_smoothing > 0:
+                filter_matrix = getattr(self, f"offset_filter_{level}").to(offset.dtype)
+                offset = torch.matmul(filter_matrix, offset.view(batch_size, -1, 3)).view(-1, 3)
             if self.config.offset_bound > 0:
                 offset = self.config.offset_bound * torch.tanh(offset / self.config.offset_bound)
             pos_before.append(pos)
