@@ -60,8 +60,9 @@ def laplacian_smoothing_matrix(edge_index: Tensor, num_nodes: int, strength: flo
 
     Applied to per-vertex offsets it is a low-pass filter: a Laplacian eigenvector of
     eigenvalue :math:`\mu` is scaled by :math:`1 / (1 + \lambda\mu)`, so a rigid shift
-    (:math:`\mu = 0`) passes unchanged and a zig-zag between neighbours (the crumples and
-    folds of an unregularised mesh, :math:`\mu` of several units) is damped the most. In
+    (:math:`\mu = 0`) passes unchanged and a zig-zag between neighbours (crumples,
+    :math:`\mu` up to ~10) is damped the most; the folds of an unregularised model, two sides
+    of a thin part pressed through each other, are smooth and pass (README, round 8). In
     backpropagation the same symmetric matrix smooths the gradient, which is the
     reparametrisation of Nicolet et al., "Large Steps in Inverse Rendering of Geometry"
     (2021). Symmetric, positive definite, rows summing to 1.
