@@ -472,7 +472,7 @@ def test_laplacian_smoothing_matrix_solves_the_sparse_system():
     expected = scipy.sparse.linalg.spsolve((scipy.sparse.identity(n) + 2.5 * laplacian).tocsc(), offsets)
     matrix = laplacian_smoothing_matrix(level.edge_index, n, 2.5)
     np.testing.assert_allclose(matrix.double().numpy() @ offsets, expected, atol=1e-5)
-    # a rigid shift passes unchanged; a field that alternates between neighbours is damped most
+    # a rigid shift passes unchanged; independent random offsets (mostly high frequencies) shrink
     torch.testing.assert_close(matrix @ torch.ones(n), torch.ones(n))
     damped = np.linalg.norm(matrix.double().numpy() @ offsets) / np.linalg.norm(offsets)
     assert damped < 0.3
@@ -492,7 +492,7 @@ def test_offset_smoothing_filters_each_blocks_offsets():
     with torch.no_grad():
         raw = plain(images, intrinsics).meshes[0].pos - plain.pos_0.repeat(2, 1)
         filtered = smoothing(images, intrinsics).meshes[0].pos - plain.pos_0.repeat(2, 1)
-    matrix = smoothing.offset_filter_0.double()
-    expected = torch.cat([matrix @ raw[:156].double(), matrix @ raw[156:].double()]).float()
+    matrix, vertices = smoothing.offset_filter_0.double(), plain.pos_0.size(0)
+    expected = torch.cat([matrix @ raw[:vertices].double(), matrix @ raw[vertices:].double()]).float()
     torch.testing.assert_close(filtered, expected, atol=1e-6, rtol=1e-4)
     assert raw.abs().max() > 1e-2 and not torch.allclose(filtered, raw, atol=1e-3)
