@@ -209,7 +209,9 @@ class TrainConfig:
     max_steps: int = 0  #: stop after this many optimiser steps in total (0: no limit)
     max_bad_steps: int = 20  #: consecutive non-finite steps before training stops
     preview_samples: int = 4  #: fixed validation samples drawn in each epoch's preview PNG
-    eval_max_samples: int = 0  #: cap on validation samples per epoch (0: all)
+    #: validation views per epoch, spread evenly over the list (each class keeps its share; 0: all);
+    #: ``p2m-geo eval`` scores them all
+    eval_max_samples: int = 0
     amp: bool = False  #: bfloat16 autocast for the network's forward (losses stay float32)
     channels_last: bool = True  #: NHWC encoder convolutions (faster with oneDNN on CPU and on GPUs)
     compile: bool = False  #: torch.compile the encoder and deformation blocks (for GPUs; no gain on CPU)

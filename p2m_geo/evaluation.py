@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from p2m_geo.data.shapenet import spread_indices
 from p2m_geo.mesh_quality import QUALITY_KEYS, face_adjacency, mesh_quality, smooth_batch
 from p2m_geo.metrics import image_sensitivity, meshrcnn_metrics, protocol_metric_keys, reconstruction_metrics
 
@@ -145,19 +146,14 @@ def evaluate(
         raise ValueError(f"baselines: expected any of {', '.join(BASELINES)}, got {unknown[0]!r}")
     generator = torch.Generator(device=device).manual_seed(seed)
     total = len(loader.dataset) if not max_samples else min(max_samples, len(loader.dataset))
-    kept = set(np.linspace(0, total - 1, min(SENSITIVITY_SAMPLES, total)).round().astype(int).tolist())
+    kept = set(spread_indices(total, SENSITIVITY_SAMPLES))
     batches = math.ceil(total / loader.batch_size)
     quality_batches = (
         set(range(batches))
         if quality == "all"
         else set()
         if quality == "none"
-        else set(
-            np.linspace(0, batches - 1, min(batches, math.ceil(SENSITIVITY_SAMPLES / loader.batch_size)))
-            .round()
-            .astype(int)
-            .tolist()
-        )
+        else set(spread_indices(batches, math.ceil(SENSITIVITY_SAMPLES / loader.batch_size)))
     )
     sums: Dict[str, Dict[str, Dict[str, float]]] = {}
     quality_sums: Dict[str, Dict[str, float]] = {}

@@ -19,7 +19,15 @@ PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
     "cpu-quick": {
         "model": {"encoder_width": 0.25, "hidden": 64, "num_residual": 1},
         "loss": {"laplacian": 1.5},
-        "train": {"epochs": 10, "batch_size": 8, "lr": 5e-4, "lr_milestones": [8], "workers": 1, "gt_points": 2000},
+        "train": {
+            "epochs": 10,
+            "batch_size": 8,
+            "lr": 5e-4,
+            "lr_milestones": [8],
+            "workers": 1,
+            "gt_points": 2000,
+            "eval_max_samples": 65,
+        },
         "data": {"synth_per_class": 24, "synth_views": 4},
     },
     # cpu-quick's network as it was until round 7 (two residual pairs, 4000 GT points), with the

@@ -11,12 +11,11 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import numpy as np
 import torch
 
 from p2m_geo.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from p2m_geo.config import to_dict
-from p2m_geo.data.shapenet import collate_samples
+from p2m_geo.data.shapenet import collate_samples, spread_indices
 from p2m_geo.evaluation import metric_key
 from p2m_geo.io_utils import atomic_write_bytes
 from p2m_geo.mesh import graph_mesh
@@ -105,8 +104,7 @@ class TrainCheckpoint:
 def preview_indices(dataset_size: int, count: int) -> List[int]:
     """``count`` sample indices evenly spread over a (class-sorted) dataset, so several
     classes show up in the preview."""
-    count = min(count, dataset_size)
-    return sorted({int(i) for i in np.linspace(0, dataset_size - 1, count)}) if count else []
+    return spread_indices(dataset_size, count)
 
 
 @torch.no_grad()

@@ -151,6 +151,39 @@ def test_collate_with_workers(shared_data):
     assert torch.bincount(first.target.batch).tolist() == [8853] * 3
 
 
+def naive_spread(size: int, count: int) -> list:
+    """Reference: k (size - 1) / (count - 1) rounded half to even, for k = 0 .. count - 1."""
+    count = min(count, size)
+    if count <= 1:
+        return [0] * count
+    return [round(k * (size - 1) / (count - 1)) for k in range(count)]
+
+
+@pytest.mark.parametrize("size, count", [(260, 65), (260, 24), (10, 10), (7, 3), (5, 9), (5, 1), (5, 0)])
+def test_spread_indices(size, count):
+    from p2m_geo.data.shapenet import spread_indices
+
+    indices = spread_indices(size, count)
+    assert indices == naive_spread(size, count)
+    assert len(set(indices)) == len(indices) == min(size, count)
+    assert all(0 <= i < size for i in indices)
+    if count >= 2:
+        assert indices[0] == 0 and indices[-1] == size - 1
+
+
+def test_validation_subset_keeps_every_class(tiny_data):
+    """``train.eval_max_samples`` picks views spread over the class-sorted list, not its head."""
+    from p2m_geo.config import Config, from_dict
+    from p2m_geo.data.factory import build_datasets
+
+    full = build_datasets(from_dict(Config, {"data": {"root": str(tiny_data)}}))[1]
+    categories = [ref.synset for ref in full.samples]
+    assert len(set(categories)) == 2 and len(set(categories[:2])) == 1  # the head alone misses a class
+    subset = build_datasets(from_dict(Config, {"data": {"root": str(tiny_data)}, "train": {"eval_max_samples": 2}}))[1]
+    assert subset.indices == naive_spread(len(full), 2)
+    assert {categories[i] for i in subset.indices} == set(categories)
+
+
 def test_collate_graphs_of_different_sizes():
     items = [
         {

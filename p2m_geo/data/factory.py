@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler, Subset
 
 from p2m_geo.config import Config
-from p2m_geo.data.shapenet import ShapeNetP2M, collate_samples
+from p2m_geo.data.shapenet import ShapeNetP2M, collate_samples, spread_indices
 from p2m_geo.runtime import DistributedContext
 
 __all__ = [
@@ -98,7 +98,7 @@ def _train_and_validation(root: Path, config: Config) -> Tuple[Dataset, Dataset]
     train_set = ShapeNetP2M(root, resolve_list(root, data.train_list), on_bad_sample=data.on_bad_sample)
     val_set: Dataset = ShapeNetP2M(root, resolve_list(root, data.val_list), on_bad_sample=data.on_bad_sample)
     if config.train.eval_max_samples:
-        val_set = Subset(val_set, list(range(min(len(val_set), config.train.eval_max_samples))))
+        val_set = Subset(val_set, spread_indices(len(val_set), config.train.eval_max_samples))
     return train_set, val_set
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -24,6 +25,7 @@ __all__ = [
     "SampleRef",
     "FileListError",
     "read_file_list",
+    "spread_indices",
     "subsample_target",
     "ShapeNetP2M",
     "SampleBatch",
@@ -225,6 +227,13 @@ class SampleBatch:
 
     def __len__(self) -> int:
         return self.images.size(0)
+
+
+def spread_indices(size: int, count: int) -> List[int]:
+    """``min(count, size)`` distinct indices evenly spread over ``range(size)``, first and last
+    included: on a class-sorted file list every class keeps its share of the views."""
+    count = min(count, size)
+    return np.linspace(0, size - 1, count).round().astype(int).tolist() if count else []
 
 
 def subsample_target(target: Batch, count: int, generator: Optional[torch.Generator] = None) -> Batch:
