@@ -198,6 +198,6 @@ def train(
         raise click.ClickException(f"interrupted; resume with --resume {run_dir}") from None
     if row and "val_cd" in row:
         click.echo(
-            f"{run_dir}: epoch {row['epoch']}, val CD {row.get('val_cd', float('nan')):.3f}, "
-            f"F@1e-4 {row.get('val_f@0.0001', float('nan')):.2f}%"
+            f"{run_dir}: epoch {row['epoch']}, validation ({row.get('val_views', 0):.0f} views) CD "
+            f"{row.get('val_cd', float('nan')):.3f}, F@1e-4 {row.get('val_f@0.0001', float('nan')):.2f}%"
         )

@@ -69,7 +69,8 @@ class Evaluation:
     quality: Table = field(default_factory=dict)
 
     def flat(self) -> Dict[str, float]:
-        """The ``mean`` rows and the sensitivity as ``metric_key`` -> value (for metrics.csv)."""
+        """The ``mean`` rows, the sensitivity and the number of views scored (``val_views``) as
+        ``metric_key`` -> value (for metrics.csv)."""
         row = {
             metric_key(method, k): v
             for method, table in self.tables.items()
@@ -78,6 +79,8 @@ class Evaluation:
         }
         if self.image_sensitivity is not None:
             row["val_image_sensitivity"] = self.image_sensitivity
+        if "model" in self.tables:
+            row["val_views"] = self.tables["model"]["mean"]["count"]
         if "mean" in self.quality:
             row.update({metric_key("model", k): v for k, v in self.quality["mean"].items() if k != "count"})
         return row

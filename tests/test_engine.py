@@ -15,6 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from p2m_geo.cli.main import cli
+from p2m_geo.data import read_file_list
 
 from conftest import train_args
 
@@ -65,6 +66,8 @@ def test_train_resume_eval_predict(tiny_data, tiny_config, tmp_path):
     ):
         assert key in rows[0] and np.isfinite(float(rows[0][key])), key
     assert float(rows[1]["val_image_sensitivity"]) > 0
+    assert [float(r["val_views"]) for r in rows] == [len(read_file_list(tiny_data / "test_list.txt"))] * 2
+    assert f"validation ({rows[1]['val_views'].split('.')[0]} views)" in result.output
 
     # image branch: trained in epoch 1 only
     assert [r["image_branch"] for r in rows] == ["1", "0"]
