@@ -42,6 +42,11 @@ def choose_checkpoint(checkpoint: Path | None, model_name: str | None) -> tuple:
 
 
 def output_paths(images: List[Path], out: Path) -> List[Path]:
+    """``-o``: a mesh file for one image; otherwise a folder, ``<stem>.ply`` per image. A name with
+    any other suffix is a folder only where it exists (``runs/v1.2/``); else it is refused, since
+    it may be a misspelt mesh file (``car.pyl``) or an image."""
+    if out.is_dir():
+        return _folder_paths(images, out)
     if len(images) == 1 and out.suffix.lower() in MESH_FORMATS:
         if not out.parent.is_dir():
             raise click.BadParameter(
@@ -51,7 +56,13 @@ def output_paths(images: List[Path], out: Path) -> List[Path]:
     if out.suffix.lower() in MESH_FORMATS:
         raise click.BadParameter(f"expected a folder for {len(images)} images, got a file name {out}", param_hint="-o")
     if out.suffix:
-        raise click.BadParameter(f"expected a {'/'.join(MESH_FORMATS)} file, got {out.suffix!r}", param_hint="-o")
+        raise click.BadParameter(
+            f"expected a {'/'.join(MESH_FORMATS)} file or an existing folder, got {out.suffix!r}", param_hint="-o"
+        )
+    return _folder_paths(images, out)
+
+
+def _folder_paths(images: List[Path], out: Path) -> List[Path]:
     names = [p.stem for p in images]
     if len(set(names)) != len(names):
         raise click.BadParameter("expected images with distinct file names, got duplicates", param_hint="IMAGES")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -442,6 +443,29 @@ def test_keep_freed_cpu_memory_stops_page_faults_on_reallocation():
 
 
 # ------------------------------------------------------------ outputs checked before the work
+def test_predict_output_paths_file_or_folder(tmp_path):
+    """``-o``: a mesh file for one image, else a folder, also one whose name has a dot."""
+    from click import BadParameter
+
+    from p2m_geo.cli.predict import output_paths
+
+    one, two = [Path("img/car.png")], [Path("img/car.png"), Path("b/chair.png")]
+    assert output_paths(one, tmp_path / "car.obj") == [tmp_path / "car.obj"]
+    assert output_paths(two, tmp_path / "new") == [tmp_path / "new" / "car.ply", tmp_path / "new" / "chair.ply"]
+    dotted = tmp_path / "ex_0.3x"
+    dotted.mkdir()
+    assert output_paths(one, dotted) == [dotted / "car.ply"]
+    assert output_paths(two, dotted) == [dotted / "car.ply", dotted / "chair.ply"]
+    for images, out, message in (
+        (one, tmp_path / "car.pyl", "expected a .ply/.obj/.off/.glb file or an existing folder, got '.pyl'"),
+        (two, tmp_path / "v1.2", "expected a .ply/.obj/.off/.glb file or an existing folder, got '.2'"),
+        (two, tmp_path / "car.ply", "expected a folder for 2 images, got a file name"),
+        (one, tmp_path / "nodir" / "car.ply", "expected an existing folder"),
+    ):
+        with pytest.raises(BadParameter, match=re.escape(message)):
+            output_paths(images, out)
+
+
 @pytest.mark.slow
 def test_predict_refuses_colliding_or_clobbering_outputs_before_any_work(tmp_path, shared_data, tiny_checkpoint):
     source = shared_data / "examples" / "chair.png"
@@ -472,7 +496,7 @@ def test_predict_refuses_colliding_or_clobbering_outputs_before_any_work(tmp_pat
         assert len(errors) == 1 and message in errors[0]  # one line says it all
     assert photo.read_bytes() == original and not (tmp_path / "out" / "same.ply").exists()
     result = cli("predict", photo, "-o", tmp_path / "out" / "v.png", "--checkpoint", tiny_checkpoint)
-    assert result.returncode != 0 and "-o: expected a .ply/.obj/.off/.glb file" in result.stderr
+    assert result.returncode != 0 and "-o: expected a .ply/.obj/.off/.glb file or an existing folder" in result.stderr
     # --all-levels: a_level1.png's mesh and a.png's level-1 mesh would share a name
     a, b = tmp_path / "img" / "a.png", tmp_path / "img" / "a_level1.png"
     a.write_bytes(original)
