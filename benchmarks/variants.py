@@ -135,17 +135,17 @@ def run(args) -> None:
 
 
 def report(args) -> None:
-    import numpy as np
     from torch.utils.data import DataLoader, Subset
 
     from p2m_geo.checkpoint import load_checkpoint, model_from_checkpoint
     from p2m_geo.data import ShapeNetP2M, collate_samples
+    from p2m_geo.data.shapenet import spread_indices
     from p2m_geo.evaluation import evaluate
 
     rows: List[Dict[str, Any]] = []
     dataset = ShapeNetP2M(args.data, Path(args.data) / "test_list.txt")
     if args.views:  # evenly spread over the class-sorted list, so every class is in
-        dataset = Subset(dataset, np.linspace(0, len(dataset) - 1, args.views).round().astype(int).tolist())
+        dataset = Subset(dataset, spread_indices(len(dataset), args.views))
     loader = DataLoader(dataset, batch_size=8, collate_fn=collate_samples)
     for run_dir in sorted(p for p in Path(args.runs).iterdir() if p.is_dir()):
         path = run_dir / "weights.pt" if (run_dir / "weights.pt").is_file() else run_dir / "best.pt"
