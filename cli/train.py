@@ -197,7 +197,8 @@ def train(
     except KeyboardInterrupt:
         raise click.ClickException(f"interrupted; resume with --resume {run_dir}") from None
     if row and "val_cd" in row:
+        views = f" ({row['val_views']:.0f} views)" if "val_views" in row else ""  # rows of older runs lack it
         click.echo(
-            f"{run_dir}: epoch {row['epoch']}, validation ({row.get('val_views', 0):.0f} views) CD "
+            f"{run_dir}: epoch {row['epoch']}, validation{views} CD "
             f"{row.get('val_cd', float('nan')):.3f}, F@1e-4 {row.get('val_f@0.0001', float('nan')):.2f}%"
         )
