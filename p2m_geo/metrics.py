@@ -17,7 +17,7 @@ pairwise CD between its predictions for different images (0 for an image-blind m
 from __future__ import annotations
 
 import itertools
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -35,6 +35,9 @@ __all__ = [
     "point_cloud_metrics",
     "image_sensitivity",
     "protocol_metric_keys",
+    "Alignment",
+    "align_translation_scale",
+    "similarity_from_pairs",
 ]
 
 F_SCORE_TAU = 1e-4
@@ -201,3 +204,67 @@ def image_sensitivity(predictions: Tensor) -> float:
     second = predictions[pairs[:, 1]].reshape(-1, 3)
     result = chamfer_distance(first, pair_batch, second, pair_batch, len(pairs), reduction="mean")
     return 1000.0 * float(result.x_to_y + result.y_to_x)
+
+
+class Alignment(NamedTuple):
+    """Result of :func:`align_translation_scale`: the moved points and the similarity found."""
+
+    points: Tensor  #: ``[N,3]`` the prediction after alignment
+    translation: Tensor  #: ``[3]``
+    scale: Tensor  #: ``[]`` (1 when the scale is not fitted)
+
+
+def similarity_from_pairs(
+    source: Tensor, target: Tensor, centre: Tensor, fit_scale: bool = True
+) -> Tuple[Tensor, Tensor]:
+    r"""Least-squares :math:`s, \mathbf t` of :math:`\mathbf b_k \approx s(\mathbf a_k - \mathbf c) + \mathbf c +
+    \mathbf t` over paired points ``source`` :math:`\mathbf a` and ``target`` :math:`\mathbf b` (``[K,3]``
+    each), :math:`\mathbf c` = ``centre``: :math:`s = \frac{\sum_k (\mathbf a_k - \bar{\mathbf a})\cdot(\mathbf b_k -
+    \bar{\mathbf b})}{\sum_k \lVert \mathbf a_k - \bar{\mathbf a}\rVert^2}` (1 without ``fit_scale``),
+    :math:`\mathbf t = \bar{\mathbf b} - s(\bar{\mathbf a} - \mathbf c) - \mathbf c`."""
+    source_mean, target_mean = source.mean(0), target.mean(0)
+    scale = source.new_tensor(1.0)
+    if fit_scale:
+        centred = source - source_mean
+        scale = (centred * (target - target_mean)).sum() / centred.square().sum().clamp_min(1e-30)
+    return scale, target_mean - scale * (source_mean - centre) - centre
+
+
+@torch.no_grad()
+def align_translation_scale(
+    pred: Tensor, gt: Tensor, fit_scale: bool = True, iterations: int = 30, tolerance: float = 1e-10
+) -> Alignment:
+    r"""The translation (and uniform scale about the prediction's centroid) that best places
+    ``pred`` on ``gt``: symmetric ICP without rotation, for splitting a prediction's error into
+    placement (where, how large) and shape (what is left after alignment).
+
+    Each iteration pairs every predicted point with its nearest GT point and every GT point with
+    its nearest moved predicted point, then solves for :math:`s, \mathbf t` in closed form over
+    those pairs, with the original predicted points as sources and their centroid as the centre
+    (:func:`similarity_from_pairs`; :math:`s = 1` without ``fit_scale``). It stops when
+    :math:`s, \mathbf t` change by less than ``tolerance`` or after ``iterations``. A local method:
+    it needs a start within the basin of the right pairing, as predictions from the input camera are.
+
+    Args:
+        pred: ``[N,3]`` predicted points (e.g. mesh vertices); gt: ``[M,3]`` GT points.
+        fit_scale: also fit the uniform scale.
+    """
+    if pred.dim() != 2 or pred.size(-1) != 3 or gt.dim() != 2 or gt.size(-1) != 3:
+        raise ValueError(f"pred, gt: expected [N,3] and [M,3] points, got {tuple(pred.shape)} and {tuple(gt.shape)}")
+    pred64, gt64 = pred.double(), gt.double()
+    centre = pred64.mean(0)
+    pred_batch = torch.zeros(len(pred64), dtype=torch.long, device=pred.device)
+    gt_batch = torch.zeros(len(gt64), dtype=torch.long, device=gt.device)
+    scale, translation = pred64.new_tensor(1.0), pred64.new_zeros(3)
+    for _ in range(iterations):
+        moved = scale * (pred64 - centre) + centre + translation
+        pairs = chamfer_distance(moved, pred_batch, gt64, gt_batch, 1, reduction="none")
+        source = torch.cat([pred64, pred64[pairs.y_nearest]])
+        target = torch.cat([gt64[pairs.x_nearest], gt64])
+        new_scale, new_translation = similarity_from_pairs(source, target, centre, fit_scale)
+        change = float((new_scale - scale).abs() + (new_translation - translation).abs().max())
+        scale, translation = new_scale, new_translation
+        if change < tolerance:
+            break
+    moved = scale * (pred64 - centre) + centre + translation
+    return Alignment(moved.to(pred.dtype), translation.to(pred.dtype), scale.to(pred.dtype))

@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from p2m_geo.mesh import ellipsoid_hierarchy
-from p2m_geo.metrics import reconstruction_metrics, sample_points_on_faces
+from p2m_geo.metrics import (
+    align_translation_scale,
+    reconstruction_metrics,
+    sample_points_on_faces,
+    similarity_from_pairs,
+)
 
 
 def brute_force(pred: np.ndarray, gt: np.ndarray, tau: float):
@@ -212,3 +217,61 @@ def test_image_sensitivity_is_the_mean_pairwise_chamfer_and_zero_for_identical_m
     assert image_sensitivity(same) == 0.0
     with pytest.raises(ValueError, match="predictions: expected at least 2 meshes, got 1"):
         image_sensitivity(same[:1])
+
+
+def test_align_translation_scale_recovers_a_known_similarity():
+    generator = torch.Generator().manual_seed(3)
+    gt = torch.rand(400, 3, generator=generator, dtype=torch.float64) * torch.tensor(
+        [0.6, 0.3, 0.4], dtype=torch.float64
+    )
+    shift = torch.tensor([0.02, -0.01, 0.015], dtype=torch.float64)
+    pred = 1.08 * (gt - gt.mean(0)) + gt.mean(0) + shift
+    aligned = align_translation_scale(pred, gt)
+    assert torch.allclose(aligned.points, gt, atol=1e-9)
+    assert float(aligned.scale) == pytest.approx(1 / 1.08, abs=1e-9)
+    # the scale acts about the prediction's centroid, so the translation is the plain shift back
+    assert torch.allclose(aligned.translation, -shift, atol=1e-9)
+
+
+def test_align_translation_only_on_two_samplings_of_a_sphere():
+    generator = torch.Generator().manual_seed(4)
+
+    def sphere(count):
+        points = torch.randn(count, 3, generator=generator, dtype=torch.float64)
+        return 0.3 * points / points.norm(dim=1, keepdim=True)
+
+    shift = torch.tensor([0.05, -0.03, 0.02], dtype=torch.float64)
+    gt, pred = sphere(4000), sphere(3000) + shift
+    aligned = align_translation_scale(pred, gt, fit_scale=False)
+    assert float(aligned.scale) == 1.0
+    assert (aligned.translation + shift).abs().max() < 5e-3  # sampling noise of two different samplings
+    before = reconstruction_metrics(pred, torch.zeros(3000, dtype=torch.long), gt, torch.zeros(4000, dtype=torch.long))
+    after = reconstruction_metrics(
+        aligned.points, torch.zeros(3000, dtype=torch.long), gt, torch.zeros(4000, dtype=torch.long)
+    )
+    assert float(after["cd"]) < 0.1 * float(before["cd"])
+
+
+def test_align_translation_scale_rejects_bad_shapes():
+    with pytest.raises(ValueError, match=r"pred, gt: expected \[N,3\] and \[M,3\] points, got \(5, 2\)"):
+        align_translation_scale(torch.zeros(5, 2), torch.zeros(4, 3))
+
+
+@pytest.mark.parametrize("fit_scale", [True, False])
+def test_similarity_from_pairs_is_the_least_squares_solution(fit_scale):
+    rng = np.random.default_rng(5)
+    source, target, centre = rng.normal(size=(50, 3)), rng.normal(size=(50, 3)), rng.normal(size=3)
+    # independent reference: b = s (a - c) + u as one linear least-squares problem in (s, u), u = c + t
+    if fit_scale:
+        design = np.zeros((150, 4))
+        design[:, 0] = (source - centre).reshape(-1)
+        design[:, 1:] = np.tile(np.eye(3), (50, 1))
+        solution = np.linalg.lstsq(design, target.reshape(-1), rcond=None)[0]
+        expected_scale, expected_translation = solution[0], solution[1:] - centre
+    else:
+        expected_scale, expected_translation = 1.0, (target - (source - centre)).mean(0) - centre
+    scale, translation = similarity_from_pairs(
+        torch.from_numpy(source), torch.from_numpy(target), torch.from_numpy(centre), fit_scale
+    )
+    assert float(scale) == pytest.approx(expected_scale, abs=1e-12)
+    np.testing.assert_allclose(translation.numpy(), expected_translation, atol=1e-12)
