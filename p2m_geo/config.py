@@ -69,6 +69,10 @@ class ModelConfig:
     #: lambda > 0: each block's offsets pass through (I + lambda L)^-1, L the level's graph Laplacian (a
     #: low-pass filter: smooth offsets, smooth gradients; Nicolet et al. 2021, "Large Steps"); 0: off
     offset_smoothing: float = 0.0
+    #: a global depth estimate per image: a linear head on the mean of the encoder's coarsest map
+    #: scales the starting ellipsoid about the camera centre by :math:`e^{d}`, :math:`d \in (-0.5,
+    #: 0.5)` (its projection stays; its depth and size change), before block 1 deforms it
+    depth_head: bool = False
 
     def __post_init__(self) -> None:
         from p2m_geo.models.encoders import encoder_names

@@ -496,3 +496,45 @@ def test_offset_smoothing_filters_each_blocks_offsets():
     expected = torch.cat([matrix @ raw[:vertices].double(), matrix @ raw[vertices:].double()]).float()
     torch.testing.assert_close(filtered, expected, atol=1e-6, rtol=1e-4)
     assert raw.abs().max() > 1e-2 and not torch.allclose(filtered, raw, atol=1e-3)
+
+
+def project(points: torch.Tensor, focal: float = 248.0, centre: float = 111.5) -> torch.Tensor:
+    """The ShapeNetP2M camera written out: u = f X / (-Z) + c, v = f (-Y) / (-Z) + c."""
+    depth = -points[:, 2]
+    return torch.stack([focal * points[:, 0] / depth + centre, focal * -points[:, 1] / depth + centre], dim=1)
+
+
+def test_depth_head_starts_at_the_ellipsoid_and_scales_it_per_image_about_the_camera():
+    torch.manual_seed(0)
+    model = Pixel2Mesh(dataclasses.replace(SMALL, depth_head=True)).eval()
+    images, intrinsics = torch.rand(2, 3, 224, 224), default_intrinsics(2)
+    with torch.no_grad():
+        start = model(images, intrinsics).pos_before[0]
+    torch.testing.assert_close(start, model.pos_0.repeat(2, 1))  # zero head: scale 1
+    with torch.no_grad():  # a head that reads the image: a different scale for each image
+        coarsest = model.encoder(images)[-1]
+        difference = coarsest[0].mean(dim=(1, 2)) - coarsest[1].mean(dim=(1, 2))
+        model.depth_head.weight.copy_(0.5 * difference / difference.square().sum())  # raw differs by 0.5
+        model.depth_head.bias.fill_(-float(model.depth_head.weight[0] @ coarsest[0].mean(dim=(1, 2))) + 0.2)
+        raw = coarsest.mean(dim=(2, 3)) @ model.depth_head.weight[0] + model.depth_head.bias[0]
+        expected_scale = torch.exp(0.5 * torch.tanh(2.0 * raw))
+        start = model(images, intrinsics).pos_before[0].view(2, -1, 3)
+    assert abs(float(expected_scale[0] - expected_scale[1])) > 1e-3
+    template = model.pos_0
+    for graph in range(2):
+        torch.testing.assert_close(start[graph], template * expected_scale[graph], rtol=1e-5, atol=1e-6)
+        # about the camera centre: each vertex stays on its pixel, only its depth changes
+        torch.testing.assert_close(project(start[graph].double()), project(template.double()), rtol=0, atol=1e-4)
+    batch_of_one = model(images[1:], intrinsics[1:]).pos_before[0]
+    torch.testing.assert_close(batch_of_one, start[1], rtol=1e-5, atol=1e-6)
+
+
+def test_depth_head_gets_a_gradient_at_the_first_step_and_changes_no_other_key():
+    torch.manual_seed(0)
+    plain = Pixel2Mesh(SMALL)
+    model = Pixel2Mesh(dataclasses.replace(SMALL, depth_head=True))
+    assert set(model.state_dict()) - set(plain.state_dict()) == {"depth_head.weight", "depth_head.bias"}
+    output = model(torch.rand(2, 3, 224, 224), default_intrinsics(2))
+    target = torch.tensor([0.0, 0.0, -0.6])  # the meshes should come closer: d/d scale != 0
+    sum((mesh.pos - target).square().sum() for mesh in output.meshes).backward()
+    assert model.depth_head.weight.grad.abs().sum() > 0 and model.depth_head.bias.grad.abs() > 0

@@ -96,6 +96,12 @@ class Pixel2Mesh(nn.Module):
     encoder from the first step. Block 3 ends hidden -> hidden/2 (ReLU) -> 3 as the
     original (``config.last_block_tail``); blocks 1 and 2 end hidden -> 3.
 
+    Optional, not in the original (``config.depth_head``): a global depth estimate. A linear
+    head on the mean of the encoder's coarsest map gives :math:`h`, and block 1 starts from the
+    ellipsoid scaled about the camera centre, :math:`e^{0.5\tanh(2h)}\,\mathbf{P}_0`: every vertex
+    keeps its pixel, the whole mesh moves in depth (and grows with it) before any offset. The
+    head starts at zero (scale 1).
+
     Args:
         config (ModelConfig): architecture; the default is the 2018 PyTorch port's
             (cnn18, hidden 192, 6 residual pairs).
@@ -133,6 +139,9 @@ class Pixel2Mesh(nn.Module):
             for level in range(NUM_LEVELS)
         )
         self.image_decoder = ImageDecoder(self.encoder.channels) if config.image_branch else None
+        self.depth_head = nn.Linear(self.encoder.channels[-1], 1) if config.depth_head else None
+        if self.depth_head is not None:
+            self._reset_depth_head()
         self._topology_cache: Dict[Tuple, Tuple[Batch, EdgeIndex]] = {}
         self.compiled = False
 
@@ -145,6 +154,20 @@ class Pixel2Mesh(nn.Module):
             block.reset_parameters()
         if self.image_decoder is not None:
             self.image_decoder.reset_parameters()
+        if self.depth_head is not None:
+            self._reset_depth_head()
+
+    def _reset_depth_head(self) -> None:
+        """Zero weights and bias: a fresh model starts from the ellipsoid as it is (scale 1); the
+        head's own weights still get gradients from the first step."""
+        nn.init.zeros_(self.depth_head.weight)
+        nn.init.zeros_(self.depth_head.bias)
+
+    def depth_scale(self, coarsest_map: Tensor) -> Tensor:
+        r"""Per-image scale :math:`e^{0.5 \tanh(2 h)}` of the starting ellipsoid, :math:`h` the depth
+        head's output on the mean of the encoder's coarsest map ``[B,C,h,w]`` -> ``[B]``."""
+        raw = self.depth_head(coarsest_map.float().mean(dim=(2, 3))).squeeze(-1)
+        return torch.exp(0.5 * torch.tanh(2.0 * raw))
 
     def compile_submodules(self, **compile_kwargs) -> "Pixel2Mesh":
         """``torch.compile`` the encoder, the image decoder and each deformation block, in
@@ -220,6 +243,8 @@ class Pixel2Mesh(nn.Module):
         meshes, pos_before, conv_indices = [], [], []
         topology, conv_index = self._batched(0, batch_size)
         pos, hidden = topology.pos, None
+        if self.depth_head is not None:  # about the camera centre: the same projection, another depth
+            pos = pos * self.depth_scale(feature_maps[-1]).to(pos.dtype)[topology.batch, None]
         for level, block in enumerate(self.blocks):
             if level > 0:
                 previous = meshes[-1]
