@@ -110,7 +110,9 @@ def test_weight_decay_groups_follow_the_original_without_its_3000_scale():
     assert sorted(grouped) == sorted(names.values())  # every parameter exactly once
     assert groups["none"]["weight_decay"] == 0 and all(p.dim() == 1 for p in groups["none"]["params"])
     assert all(names[id(p)].startswith(("encoder.", "image_decoder.")) for p in groups["image"]["params"])
-    assert all(names[id(p)].startswith("blocks.") for p in groups["graph"]["params"])
+    # the graph convolutions, and the depth head's weight (a linear layer on pooled features)
+    assert all(names[id(p)].startswith(("blocks.", "depth_head.")) for p in groups["graph"]["params"])
+    assert "depth_head.weight" in [names[id(p)] for p in groups["graph"]["params"]]
     assert groups["graph"]["weight_decay"] == train.weight_decay
     assert groups["image"]["weight_decay"] == train.encoder_weight_decay
 

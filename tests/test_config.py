@@ -179,6 +179,24 @@ def test_variant_configs_are_there():
     assert len(VARIANT_CONFIGS) >= 11
 
 
+@pytest.mark.parametrize(
+    "path",
+    [p for p in VARIANT_CONFIGS if p.parent.name.startswith("round") and int(p.parent.name[5:]) < 10],
+    ids=lambda p: f"{p.parent.name}/{p.stem}",
+)
+def test_variant_configs_before_round_10_run_without_the_depth_head(path):
+    """cpu-quick has the global depth head since round 10; the files of earlier rounds switch it off."""
+    _, config = variant_over_cpu_quick(path)
+    assert config.model.depth_head is False
+    assert preset_config_model("cpu-quick").depth_head is True
+
+
+def preset_config_model(name: str):
+    from p2m_geo.config import preset_dict
+
+    return from_dict(Config, preset_dict(name)).model
+
+
 #: cpu-quick as rounds 3-6 (and round 7's 8-epoch rows) ran on, before round 7 changed it
 CPU_QUICK_BEFORE_ROUND_7 = {"num_residual": 2, "epochs": 8, "lr_milestones": (6,), "gt_points": 4000}
 
