@@ -122,9 +122,9 @@ def freeze_parts(model: Pixel2Mesh, train: TrainConfig) -> Pixel2Mesh:
 
 def parameter_groups(model: Pixel2Mesh, train: TrainConfig) -> List[Dict]:
     """Adam parameter groups: image-convolution weights (``encoder_weight_decay``; the
-    encoder and the image decoder), graph-convolution weights and the depth head's
-    (``weight_decay``), and the
-    biases and normalisation parameters (no decay), as the original regularised weights only.
+    encoder and the image decoder), graph-convolution weights and the depth head's weight
+    (``weight_decay``), and the biases and normalisation parameters (no decay), as the
+    original regularised weights only.
     Frozen parameters stay in their group: Adam skips a parameter without a gradient, and the
     groups stay those of earlier checkpoints, so their runs still resume."""
     groups: Dict[str, List[nn.Parameter]] = {"image": [], "graph": [], "none": []}
