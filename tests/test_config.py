@@ -188,13 +188,12 @@ def test_variant_configs_before_round_10_run_without_the_depth_head(path):
     """cpu-quick has the global depth head since round 10; the files of earlier rounds switch it off."""
     _, config = variant_over_cpu_quick(path)
     assert config.model.depth_head is False
-    assert preset_config_model("cpu-quick").depth_head is True
 
 
-def preset_config_model(name: str):
+def test_cpu_quick_has_the_depth_head_since_round_10():
     from p2m_geo.config import preset_dict
 
-    return from_dict(Config, preset_dict(name)).model
+    assert from_dict(Config, preset_dict("cpu-quick")).model.depth_head is True
 
 
 #: cpu-quick as rounds 3-6 (and round 7's 8-epoch rows) ran on, before round 7 changed it
