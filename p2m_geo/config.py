@@ -132,6 +132,10 @@ class LossWeights:
     #: folds only: adjacent faces bent past 90 degrees, :math:`\max(0, -\cos\theta)` per pair, on every
     #: block (the face-normal term with a 90-degree margin, at its own weight; smooth bends cost nothing)
     face_fold: float = 0.0
+    #: the depth head's direct target: squared log-ratio of the mean depth of the first block's
+    #: input (the ellipsoid as the head places it) to the GT's (p2m_geo.losses.mean_depth_loss);
+    #: needs ``model.depth_head`` (without it the term is constant)
+    depth: float = 0.0
     regulariser_start: float = 1.0  #: factor on edge, Laplacian, face-normal, fold in epoch 1, annealed to 1 ...
     regulariser_anneal_epochs: int = 0  #: ... over this many epochs (0: constant weights)
 
@@ -153,6 +157,7 @@ class LossWeights:
                     "image",
                     "face_normal",
                     "face_fold",
+                    "depth",
                     "regulariser_anneal_epochs",
                 )
             }
@@ -294,6 +299,13 @@ class Config:
     loss: LossWeights = field(default_factory=LossWeights)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        if self.loss.depth > 0 and not self.model.depth_head:
+            raise ConfigError(
+                f"loss.depth: expected 0 without model.depth_head (the term only trains that head), "
+                f"got {self.loss.depth!r}"
+            )
 
 
 def preset_dict(name: str) -> Dict[str, Any]:

@@ -30,7 +30,9 @@ here (multiply ``edge`` and ``normal`` by 6/7 to match the original exactly).
 Two terms are not in the original: ``face_normal`` (:func:`face_normal_loss`, adjacent face
 normals agree, :math:`1 - \cos\theta`, or :math:`\lVert n_f - n_g\rVert` with
 ``face_normal_form: normal_difference``) and ``face_fold`` (the same with a 90-degree margin,
-:math:`\max(0, -\cos\theta)`: folds only), both from one :func:`adjacent_face_cosines`.
+:math:`\max(0, -\cos\theta)`: folds only), both from one :func:`adjacent_face_cosines`; and
+``depth`` (:func:`mean_depth_loss` on the first block's input, which the optional depth head
+places: a direct target for that head).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ __all__ = [
     "laplacian_loss",
     "normal_loss",
     "move_loss",
+    "mean_depth_loss",
     "face_normal_loss",
     "adjacent_face_cosines",
     "bend_loss",
@@ -162,6 +165,31 @@ def move_loss(
     num_graphs = num_graphs_of(batch, num_graphs)
     squared = (pos_after - pos_before).square().sum(-1)
     return reduce_per_graph(scatter(squared, batch, dim=0, dim_size=num_graphs, reduce="mean"), reduction)
+
+
+def mean_depth_loss(
+    pos: Tensor,
+    batch: Tensor,
+    gt_pos: Tensor,
+    gt_batch: Tensor,
+    num_graphs: Optional[int] = None,
+    reduction: str = "mean",
+) -> Tensor:
+    r"""Squared log-ratio of mean depths per graph, :math:`(\log \bar z_b - \log \bar z^{gt}_b)^2`,
+    :math:`\bar z_b` the mean of :math:`z = -Z` (distance along the camera's view axis, the camera
+    looking down :math:`-Z`) over the graph's points.
+
+    A scale-free error on *where* a mesh lies, not on its shape: scaling points about the camera
+    centre by :math:`s` adds :math:`\log s` to :math:`\log \bar z`. Depths are clamped at 1e-6.
+
+    Shapes:
+        - pos :math:`(N, 3)`, batch :math:`(N)`, gt_pos :math:`(M, 3)`, gt_batch :math:`(M)`
+        - output: scalar, or :math:`(B)` with ``reduction='none'``
+    """
+    num_graphs = num_graphs_of(batch, num_graphs)
+    depth = scatter(-pos[:, 2], batch, dim=0, dim_size=num_graphs, reduce="mean").clamp_min(1e-6)
+    gt_depth = scatter(-gt_pos[:, 2], gt_batch, dim=0, dim_size=num_graphs, reduce="mean").clamp_min(1e-6)
+    return reduce_per_graph((depth.log() - gt_depth.log()).square(), reduction)
 
 
 def adjacent_face_cosines(pos: Tensor, face: Tensor, adjacency: Tensor) -> Tensor:
@@ -336,6 +364,9 @@ class P2MLoss(nn.Module):
             if w.face_fold > 0:
                 fold = bend_loss(cosine, pair_batch, num_graphs, margin_degrees=90.0)
                 add("fold", self.regulariser_scale * w.face_fold * fold)
+        if w.depth > 0:  # the first block's input: the ellipsoid as placed by the depth head
+            start = output.pos_before[0]
+            add("depth", w.depth * mean_depth_loss(start, output.meshes[0].batch, target.pos, target.batch, num_graphs))
         if images is not None and output.image_logits is not None:
             add("image", w.image * image_reconstruction_loss(output.image_logits, images))
         total = torch.stack(list(terms.values())).sum()

@@ -16,7 +16,7 @@ __all__ = ["write_training_curves"]
 
 log = logging.getLogger(__name__)
 
-LOSS_TERMS = ("total", "chamfer", "normal", "edge", "laplacian", "move", "face_normal", "fold", "image")
+LOSS_TERMS = ("total", "chamfer", "normal", "edge", "laplacian", "move", "face_normal", "fold", "depth", "image")
 VALIDATION_PANELS = (
     ("cd", "validation CD x1000 (lower is better)"),
     (f"f@{F_SCORE_TAU:g}", "validation F@τ % (higher is better)"),

@@ -221,3 +221,9 @@ def test_variant_configs_of_earlier_rounds_still_run_on_the_network_they_were_me
         "lr-milestones-5-7": {"lr_milestones": (5, 7)},
     }
     assert got == CPU_QUICK_BEFORE_ROUND_7 | on_purpose.get(path.stem, {})
+
+
+def test_the_depth_term_needs_the_depth_head():
+    with pytest.raises(ConfigError, match=r"^loss.depth: expected 0 without model.depth_head .*got 0.5$"):
+        from_dict(Config, {"loss": {"depth": 0.5}})
+    assert from_dict(Config, {"model": {"depth_head": True}, "loss": {"depth": 0.5}}).loss.depth == 0.5

@@ -19,6 +19,7 @@ from p2m_geo.losses import (
     edge_length_loss,
     laplacian_loss,
     face_normal_loss,
+    mean_depth_loss,
     move_loss,
     normal_loss,
 )
@@ -373,6 +374,56 @@ def test_p2m_loss_combines_weighted_terms():
         torch.testing.assert_close(matmul_terms[name], value, rtol=1e-5, atol=1e-7)
     total.backward()
     assert model.blocks[0].conv_out.lin_rel.weight.grad.abs().sum() > 0
+
+
+def test_mean_depth_loss_matches_a_loop_and_measures_a_scale_about_the_camera():
+    generator = torch.Generator().manual_seed(3)
+    sizes, gt_sizes = [5, 9, 7], [11, 4, 6]
+    pos = torch.randn(sum(sizes), 3, generator=generator, dtype=torch.float64) * 0.1 + torch.tensor([0, 0, -0.8])
+    gt = torch.randn(sum(gt_sizes), 3, generator=generator, dtype=torch.float64) * 0.1 + torch.tensor([0, 0, -0.7])
+    batch = torch.repeat_interleave(torch.arange(3), torch.tensor(sizes))
+    gt_batch = torch.repeat_interleave(torch.arange(3), torch.tensor(gt_sizes))
+    expected = []
+    for graph in range(3):  # written out: distance along the view axis is -Z
+        depth = float(np.mean([-p[2] for p, b in zip(pos.tolist(), batch.tolist()) if b == graph]))
+        gt_depth = float(np.mean([-p[2] for p, b in zip(gt.tolist(), gt_batch.tolist()) if b == graph]))
+        expected.append((np.log(depth) - np.log(gt_depth)) ** 2)
+    per_graph = mean_depth_loss(pos, batch, gt, gt_batch, reduction="none")
+    np.testing.assert_allclose(per_graph.numpy(), expected, rtol=1e-12)
+    torch.testing.assert_close(mean_depth_loss(pos, batch, gt, gt_batch), per_graph.mean())
+    # scaling the points about the camera centre by s: the loss against the unscaled is (log s)^2
+    scales = torch.tensor([0.8, 1.0, 1.3], dtype=torch.float64)
+    scaled = pos * scales[batch, None]
+    np.testing.assert_allclose(
+        mean_depth_loss(scaled, batch, pos, batch, reduction="none").numpy(), np.log(scales.numpy()) ** 2, rtol=1e-12
+    )
+    # a translation in x and y does not change it (only the depth counts)
+    shifted = pos + torch.tensor([0.3, -0.2, 0.0], dtype=torch.float64)
+    torch.testing.assert_close(mean_depth_loss(shifted, batch, gt, gt_batch), mean_depth_loss(pos, batch, gt, gt_batch))
+
+
+def test_p2m_loss_depth_term_trains_the_depth_head():
+    from p2m_geo import ModelConfig, Pixel2Mesh
+    from p2m_geo.camera import default_intrinsics
+    from p2m_geo.config import LossWeights
+
+    torch.manual_seed(0)
+    model = Pixel2Mesh(ModelConfig(encoder_width=0.25, hidden=16, num_residual=1, depth_head=True))
+    output = model(torch.rand(2, 3, 224, 224), default_intrinsics(2))
+    gt = Batch.from_data_list(
+        [
+            Data(pos=torch.randn(n, 3) * 0.2 + torch.tensor([0, 0, z]), normal=torch.randn(n, 3))
+            for n, z in ((300, -0.6), (200, -1.0))
+        ]
+    )
+    without = P2MLoss(LossWeights())(output, gt)[1]
+    total, terms = P2MLoss(LossWeights(depth=2.0))(output, gt)
+    assert "depth" not in without and set(terms) == set(without) | {"depth"}
+    expected = 2.0 * mean_depth_loss(output.pos_before[0], output.meshes[0].batch, gt.pos, gt.batch)
+    torch.testing.assert_close(terms["depth"], expected)
+    terms["depth"].backward()  # the term alone reaches the head (zero at start, so not yet the encoder)
+    assert model.depth_head.bias.grad.abs() > 0 and model.depth_head.weight.grad.abs().sum() > 0
+    assert model.blocks[0].conv_out.lin_rel.weight.grad is None  # the blocks do not place the start
 
 
 @pytest.mark.parametrize(

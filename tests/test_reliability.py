@@ -85,6 +85,26 @@ def test_checkpoint_version_and_config_mismatch(tmp_path, tiny_checkpoint):
         model_from_checkpoint(other)
 
 
+def test_loader_gives_the_same_batches_in_process_and_with_workers(tiny_data):
+    """cpu-quick loads in the training process (workers 0) since round 11: the batches, and so
+    the run, are those a worker process gives."""
+    from p2m_geo.data import ShapeNetP2M
+    from p2m_geo.data.factory import make_loader
+    from p2m_geo.runtime import DistributedContext
+
+    dataset = ShapeNetP2M(tiny_data, tiny_data / "train_list.txt")
+    for epoch in (0, 1):
+        batches = [list(make_loader(dataset, 2, True, workers, 3, epoch, DistributedContext())) for workers in (0, 1)]
+        assert len(batches[0]) == len(batches[1]) > 0
+        for in_process, from_worker in zip(*batches):
+            torch.testing.assert_close(in_process.images, from_worker.images, rtol=0, atol=0)
+            torch.testing.assert_close(in_process.target.pos, from_worker.target.pos, rtol=0, atol=0)
+            torch.testing.assert_close(in_process.intrinsics, from_worker.intrinsics, rtol=0, atol=0)
+    first = [batch.target.pos for batch in make_loader(dataset, 2, True, 0, 3, 0, DistributedContext())]
+    other_epoch = [batch.target.pos for batch in make_loader(dataset, 2, True, 0, 3, 1, DistributedContext())]
+    assert any(a.shape != b.shape or not torch.equal(a, b) for a, b in zip(first, other_epoch))  # shuffled per epoch
+
+
 # --------------------------------------------------------------------------- non-finite
 def test_non_finite_steps_are_skipped_then_training_stops(tiny_data):
     from p2m_geo.data import ShapeNetP2M
