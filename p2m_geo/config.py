@@ -134,7 +134,7 @@ class LossWeights:
     face_fold: float = 0.0
     #: the depth head's direct target: squared log-ratio of the mean depth of the first block's
     #: input (the ellipsoid as the head places it) to the GT's (p2m_geo.losses.mean_depth_loss);
-    #: needs ``model.depth_head`` (without it the term is constant)
+    #: needs ``model.depth_head`` (a config with the term and without the head is refused)
     depth: float = 0.0
     regulariser_start: float = 1.0  #: factor on edge, Laplacian, face-normal, fold in epoch 1, annealed to 1 ...
     regulariser_anneal_epochs: int = 0  #: ... over this many epochs (0: constant weights)

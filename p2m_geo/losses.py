@@ -27,7 +27,7 @@ average over the edges only. On the ellipsoid levels (about 6 neighbours per ver
 original's mean is 6/7 of this one, so the same weights act 7/6 ≈ 1.167× as strongly
 here (multiply ``edge`` and ``normal`` by 6/7 to match the original exactly).
 
-Two terms are not in the original: ``face_normal`` (:func:`face_normal_loss`, adjacent face
+Three terms are not in the original: ``face_normal`` (:func:`face_normal_loss`, adjacent face
 normals agree, :math:`1 - \cos\theta`, or :math:`\lVert n_f - n_g\rVert` with
 ``face_normal_form: normal_difference``) and ``face_fold`` (the same with a 90-degree margin,
 :math:`\max(0, -\cos\theta)`: folds only), both from one :func:`adjacent_face_cosines`; and
