@@ -20,8 +20,9 @@ PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
     # A global depth head (model.depth_head: the starting ellipsoid scaled about the camera centre
     # per image): F@tau 30.3 / CD 1.85 against 29.2 / 1.96 at no extra cost (README, round 10).
     # Data loaded in the training process (workers 0): loading is ~20x cheaper than a step, and a
-    # worker process takes CPU from the step's two threads; the same batches, ~8% faster per epoch
-    # on 2 cores (benchmarks/RESULTS.md). On more cores, --workers 1 or 2 overlaps it.
+    # worker process takes CPU from the step's two threads; the same batches, 1.09x faster per epoch
+    # on 2 cores in short runs timed in turns, 3% in a whole run (benchmarks/RESULTS.md). On more
+    # cores, --workers 1 or 2 overlaps it.
     "cpu-quick": {
         "model": {"encoder_width": 0.25, "hidden": 64, "num_residual": 1, "depth_head": True},
         "loss": {"laplacian": 1.5},
