@@ -43,6 +43,8 @@ T = TypeVar("T")
 
 #: forms of the face-normal term (``loss.face_normal_form``; :func:`p2m_geo.losses.bend_loss`)
 FACE_NORMAL_FORMS = ("one_minus_cos", "normal_difference")
+#: inputs of the depth head (``model.depth_head_features``; :meth:`p2m_geo.Pixel2Mesh.depth_scale`)
+DEPTH_HEAD_FEATURES = ("coarsest", "all")
 
 
 @dataclass
@@ -73,6 +75,14 @@ class ModelConfig:
     #: scales the starting ellipsoid about the camera centre by :math:`e^{d}`, :math:`d \in (-0.5,
     #: 0.5)` (its projection stays; its depth and size change), before block 1 deforms it
     depth_head: bool = False
+    #: what the depth head reads: ``coarsest`` (the mean of the coarsest map, round 10) or ``all``
+    #: (the mean and the maximum of every map: the object's extent at each scale, 56 px included)
+    depth_head_features: str = "coarsest"
+    #: a global depth readout per block: a linear map of the mean of the block's hidden vertex
+    #: features scales the block's output mesh about the camera centre by :math:`e^{d}`,
+    #: :math:`d \in (-0.5, 0.5)` (its projection stays), so every block can move its whole mesh in
+    #: depth, informed by the image features its vertices sampled; starts at zero (scale 1)
+    depth_readout: bool = False
 
     def __post_init__(self) -> None:
         from p2m_geo.models.encoders import encoder_names
@@ -80,6 +90,11 @@ class ModelConfig:
         if self.backbone not in encoder_names():
             raise ConfigError(
                 f"model.backbone: expected one of {', '.join(encoder_names())}, got {_short(self.backbone)}"
+            )
+        if self.depth_head_features not in DEPTH_HEAD_FEATURES:
+            raise ConfigError(
+                f"model.depth_head_features: expected one of {', '.join(DEPTH_HEAD_FEATURES)}, "
+                f"got {_short(self.depth_head_features)}"
             )
         if self.aggr not in ("mean", "add", "max"):
             raise ConfigError(f"model.aggr: expected mean, add or max, got {_short(self.aggr)}")

@@ -196,6 +196,25 @@ def test_cpu_quick_has_the_depth_head_since_round_10():
     assert from_dict(Config, preset_dict("cpu-quick")).model.depth_head is True
 
 
+@pytest.mark.parametrize(
+    "path",
+    [p for p in VARIANT_CONFIGS if p.parent.name.startswith("round") and int(p.parent.name[5:]) < 12]
+    + [p for p in VARIANT_CONFIGS if p.parent.name == "round12" and "readout" not in p.stem],
+    ids=lambda p: f"{p.parent.name}/{p.stem}",
+)
+def test_variant_configs_before_round_12_run_without_the_depth_readout(path):
+    """cpu-quick has the per-block depth readout since round 12; the files of earlier rounds (and
+    round 12's variant without it) switch it off."""
+    _, config = variant_over_cpu_quick(path)
+    assert config.model.depth_readout is False
+
+
+def test_cpu_quick_has_the_depth_readout_since_round_12():
+    from p2m_geo.config import preset_dict
+
+    assert from_dict(Config, preset_dict("cpu-quick")).model.depth_readout is True
+
+
 #: cpu-quick as rounds 3-6 (and round 7's 8-epoch rows) ran on, before round 7 changed it
 CPU_QUICK_BEFORE_ROUND_7 = {"num_residual": 2, "epochs": 8, "lr_milestones": (6,), "gt_points": 4000}
 

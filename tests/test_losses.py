@@ -487,3 +487,26 @@ def test_bend_loss_refuses_an_unknown_form(levels):
     cosine = adjacent_face_cosines(mesh.pos, mesh.face, face_adjacency(mesh.face))
     with pytest.raises(ValueError, match="form: expected one of one_minus_cos, normal_difference, got 'l1'"):
         bend_loss(cosine, torch.zeros_like(cosine, dtype=torch.long), 1, form="l1")
+
+
+@pytest.mark.parametrize("points_per_graph", [40, 156, 700])
+def test_nearest_indices_auto_matches_a_loop_on_small_and_large_clouds(points_per_graph):
+    """``auto`` takes the matrix product for small searched clouds on CPU and the KD-tree for
+    large ones; both give each query its nearest point of its own graph (camera-frame
+    coordinates around z = -0.8, where a product about the origin would cancel most)."""
+    from p2m_geo.ops.knn import nearest_indices
+
+    generator = torch.Generator().manual_seed(5)
+    sizes_points, sizes_query = [points_per_graph, points_per_graph // 2 + 3], [300, 250]
+    points = torch.randn(sum(sizes_points), 3, generator=generator) * 0.1 + torch.tensor([0.0, 0.0, -0.8])
+    query = torch.randn(sum(sizes_query), 3, generator=generator) * 0.1 + torch.tensor([0.0, 0.0, -0.8])
+    points_batch = torch.repeat_interleave(torch.arange(2), torch.tensor(sizes_points))
+    query_batch = torch.repeat_interleave(torch.arange(2), torch.tensor(sizes_query))
+    found = nearest_indices(query, query_batch, points, points_batch, 2)
+    p64, q64 = points.double(), query.double()
+    for i in range(len(query)):
+        own = (points_batch == query_batch[i]).nonzero().squeeze(1)
+        distances = (p64[own] - q64[i]).square().sum(1)
+        assert int(points_batch[found[i]]) == int(query_batch[i])
+        # the nearest, or a point as near within float32 rounding
+        assert float((p64[found[i]] - q64[i]).square().sum()) <= float(distances.min()) + 1e-7

@@ -8,12 +8,14 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch_geometric.data import Batch, Data
 
 from p2m_geo import ModelConfig, Pixel2Mesh
 from p2m_geo.camera import default_intrinsics
-from p2m_geo.config import to_dict
+from p2m_geo.config import ConfigError, to_dict
 from p2m_geo.nn import GraphProjection, GraphUnpooling, DeformationBlock
+from p2m_geo.nn.projection import bilinear_sample_dense
 from p2m_geo.nn.gresnet import glorot_zero_bias_
 
 SMALL = ModelConfig(encoder_width=0.25, hidden=16, num_residual=1, image_branch=True)
@@ -94,6 +96,40 @@ def test_projection_gradient_wrt_pos_matches_finite_differences():
     assert torch.autograd.gradcheck(sampled_features_equal_size, (pos,), eps=1e-7, atol=1e-5)
     grad = torch.autograd.grad(sampled_features(pos).sum(), pos)[0]
     assert grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("height,width", [(7, 7), (2, 5), (14, 14)])
+def test_dense_bilinear_sampling_matches_grid_sample_and_its_gradients(height, width):
+    generator = torch.Generator().manual_seed(3)
+    fmap = torch.randn(2, 4, height, width, generator=generator, dtype=torch.float64, requires_grad=True)
+    grid = torch.rand(2, 40, 2, generator=generator, dtype=torch.float64) * 2.4 - 1.2  # some outside: border
+    grid[0, 0] = torch.tensor([1.0 - 1.0 / width, -1.0 + 1.0 / height], dtype=torch.float64)  # last/first centre
+    grid[0, 1] = torch.tensor([(2 * 2 + 1.0) / width - 1.0, 0.3], dtype=torch.float64)  # on a cell centre in x
+    grid.requires_grad_(True)
+    reference = F.grid_sample(fmap, grid[:, :, None], mode="bilinear", padding_mode="border", align_corners=False)
+    reference = reference.squeeze(-1).transpose(1, 2)
+    dense = bilinear_sample_dense(fmap, grid)
+    torch.testing.assert_close(dense, reference, rtol=0, atol=1e-12)
+    upstream = torch.randn(dense.shape, generator=generator, dtype=torch.float64)
+    expected = torch.autograd.grad(reference, (fmap, grid), upstream)
+    got = torch.autograd.grad(dense, (fmap, grid), upstream)
+    torch.testing.assert_close(got[0], expected[0], rtol=0, atol=1e-12)
+    inside = (grid.detach().abs() < 1 - 1.0 / max(height, width)).all(-1)  # away from the clamp's kinks
+    torch.testing.assert_close(got[1][inside], expected[1][inside], rtol=0, atol=1e-10)
+
+
+def test_projection_gradient_on_a_small_map_matches_finite_differences():
+    generator = torch.Generator().manual_seed(4)
+    pos = random_vertices(6, generator).requires_grad_(True)
+    maps = [torch.randn(2, 3, 7, 7, generator=generator, dtype=torch.float64, requires_grad=True)]
+    batch, intrinsics = torch.tensor([0, 0, 0, 1, 1, 1]), three_cameras()[:2]
+    projection = GraphProjection()
+    assert torch.autograd.gradcheck(
+        lambda p, m: projection(p, batch, intrinsics, [m], nodes_per_graph=3)[:, 3:],
+        (pos, maps[0]),
+        eps=1e-7,
+        atol=1e-5,
+    )
 
 
 def test_projection_rejects_wrong_nodes_per_graph():
@@ -538,3 +574,61 @@ def test_depth_head_gets_a_gradient_at_the_first_step_and_changes_no_other_key()
     target = torch.tensor([0.0, 0.0, -0.6])  # the meshes should come closer: d/d scale != 0
     sum((mesh.pos - target).square().sum() for mesh in output.meshes).backward()
     assert model.depth_head.weight.grad.abs().sum() > 0 and model.depth_head.bias.grad.abs() > 0
+
+
+def test_depth_head_reading_all_maps_takes_their_means_and_maxima():
+    torch.manual_seed(0)
+    model = Pixel2Mesh(dataclasses.replace(SMALL, depth_head=True, depth_head_features="all")).eval()
+    assert model.depth_head.in_features == 2 * sum(model.encoder.channels)
+    images, intrinsics = torch.rand(2, 3, 224, 224), default_intrinsics(2)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images, intrinsics).pos_before[0], model.pos_0.repeat(2, 1))  # scale 1
+        maps = model.encoder(images)
+        weight = torch.randn(1, model.depth_head.in_features) * 0.1
+        model.depth_head.weight.copy_(weight)
+        for graph in range(2):  # the head's input written out: per map, per channel, mean then max
+            reference = []
+            for fmap in maps:
+                for channel in range(fmap.size(1)):
+                    reference.append(float(fmap[graph, channel].double().mean()))
+                for channel in range(fmap.size(1)):
+                    reference.append(float(fmap[graph, channel].double().max()))
+            raw = float(torch.tensor(reference, dtype=torch.float64) @ weight[0].double())
+            start = model(images, intrinsics).pos_before[0].view(2, -1, 3)[graph]
+            scale = math.exp(0.5 * math.tanh(2.0 * raw))
+            torch.testing.assert_close(start, model.pos_0 * scale, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ConfigError, match=r"^model.depth_head_features: expected one of coarsest, all, got 'mean'$"):
+        ModelConfig(depth_head_features="mean")
+
+
+def test_depth_readout_scales_each_block_mesh_about_the_camera_and_starts_at_one():
+    torch.manual_seed(0)
+    plain = Pixel2Mesh(SMALL).eval()
+    model = Pixel2Mesh(dataclasses.replace(SMALL, depth_readout=True)).eval()
+    added = set(model.state_dict()) - set(plain.state_dict())
+    assert added == {f"depth_readout.{level}.{name}" for level in range(3) for name in ("weight", "bias")}
+    model.load_state_dict(plain.state_dict(), strict=False)
+    images, intrinsics = torch.rand(2, 3, 224, 224), default_intrinsics(2)
+    with torch.no_grad():
+        reference = plain(images, intrinsics)
+        fresh = model(images, intrinsics)
+    for got, expected in zip(fresh.meshes, reference.meshes):  # zero readouts: the plain model
+        torch.testing.assert_close(got.pos, expected.pos)
+    with torch.no_grad():
+        model.depth_readout[0].bias.fill_(0.1)  # block 1 scaled by e^{0.5 tanh 0.2}
+        output = model(images, intrinsics)
+    scale = math.exp(0.5 * math.tanh(0.2))
+    block_1 = reference.meshes[0].pos
+    torch.testing.assert_close(output.meshes[0].pos, block_1 * scale, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(project(output.meshes[0].pos.double()), project(block_1.double()), rtol=0, atol=1e-4)
+    torch.testing.assert_close(output.pos_before[1][:12], output.meshes[0].pos[:12])  # block 2 starts there
+    # a readout of the hidden features: a weight gives each image its own scale
+    with torch.no_grad():
+        model.depth_readout[0].bias.zero_()
+        model.depth_readout[2].weight.normal_(std=1e-2)
+        scaled = model(images, intrinsics).meshes[2].pos.view(2, -1, 3)
+        unscaled = reference.meshes[2].pos.view(2, -1, 3)
+    ratios = [float((scaled[g] * unscaled[g]).sum() / unscaled[g].square().sum()) for g in range(2)]
+    for graph in range(2):
+        torch.testing.assert_close(scaled[graph], unscaled[graph] * ratios[graph], rtol=1e-4, atol=1e-5)
+    assert abs(ratios[0] - ratios[1]) > 1e-4 and all(math.exp(-0.5) < r < math.exp(0.5) for r in ratios)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -54,6 +54,16 @@ class Pixel2MeshOutput:
         return Pixel2MeshOutput(meshes, [p.float() for p in self.pos_before], logits, self.conv_indices)
 
 
+def depth_head_inputs(feature_maps: Sequence[Tensor], features: str = "coarsest") -> Tensor:
+    r"""What the depth head reads, per image: ``coarsest``: the spatial mean of the last map
+    ``[B, C_last]``; ``all``: the spatial mean and maximum of every map,
+    :math:`\Vert_m [\operatorname{mean}_{hw} F^{(m)}, \max_{hw} F^{(m)}]`, ``[B, 2 \sum_m C_m]``."""
+    if features == "coarsest":
+        return feature_maps[-1].float().mean(dim=(2, 3))
+    pooled = [torch.cat([fmap.float().mean(dim=(2, 3)), fmap.float().amax(dim=(2, 3))], dim=1) for fmap in feature_maps]
+    return torch.cat(pooled, dim=1)
+
+
 def laplacian_smoothing_matrix(edge_index: Tensor, num_nodes: int, strength: float) -> Tensor:
     r"""Dense :math:`(I + \lambda L)^{-1}` for one mesh, :math:`L = D - A` its graph Laplacian
     (``edge_index`` with both directions), :math:`\lambda` = ``strength``.
@@ -100,7 +110,12 @@ class Pixel2Mesh(nn.Module):
     head on the mean of the encoder's coarsest map gives :math:`h`, and block 1 starts from the
     ellipsoid scaled about the camera centre, :math:`e^{0.5\tanh(2h)}\,\mathbf{P}_0`: every vertex
     keeps its pixel, the whole mesh moves in depth (and grows with it) before any offset. The
-    head starts at zero (scale 1).
+    head starts at zero (scale 1); ``config.depth_head_features: all`` feeds it the mean and the
+    maximum of every map instead (:func:`depth_head_inputs`). Optional too
+    (``config.depth_readout``): after each block, a linear readout of the mean of the block's
+    hidden features :math:`\bar{\mathbf{h}}_k` scales its mesh the same way,
+    :math:`\mathbf{P}_k = e^{0.5\tanh(2 r_k(\bar{\mathbf{h}}_k))}(\mathbf{P}_{k-1}^{\uparrow} + \Delta\mathbf{P}_k)`
+    (zero-initialised: scale 1).
 
     Args:
         config (ModelConfig): architecture; the default is the 2018 PyTorch port's
@@ -139,9 +154,17 @@ class Pixel2Mesh(nn.Module):
             for level in range(NUM_LEVELS)
         )
         self.image_decoder = ImageDecoder(self.encoder.channels) if config.image_branch else None
-        self.depth_head = nn.Linear(self.encoder.channels[-1], 1) if config.depth_head else None
+        head_inputs = (
+            self.encoder.channels[-1] if config.depth_head_features == "coarsest" else 2 * sum(self.encoder.channels)
+        )
+        self.depth_head = nn.Linear(head_inputs, 1) if config.depth_head else None
         if self.depth_head is not None:
             self._reset_depth_head()
+        self.depth_readout = (
+            nn.ModuleList(nn.Linear(config.hidden, 1) for _ in range(NUM_LEVELS)) if config.depth_readout else None
+        )
+        if self.depth_readout is not None:
+            self._reset_depth_readout()
         self._topology_cache: Dict[Tuple, Tuple[Batch, EdgeIndex]] = {}
         self.compiled = False
 
@@ -156,6 +179,14 @@ class Pixel2Mesh(nn.Module):
             self.image_decoder.reset_parameters()
         if self.depth_head is not None:
             self._reset_depth_head()
+        if self.depth_readout is not None:
+            self._reset_depth_readout()
+
+    def _reset_depth_readout(self) -> None:
+        """Zero weights and biases: each block's scale starts at 1."""
+        for readout in self.depth_readout:
+            nn.init.zeros_(readout.weight)
+            nn.init.zeros_(readout.bias)
 
     def _reset_depth_head(self) -> None:
         """Zero weights and bias: a fresh model starts from the ellipsoid as it is (scale 1); the
@@ -163,10 +194,10 @@ class Pixel2Mesh(nn.Module):
         nn.init.zeros_(self.depth_head.weight)
         nn.init.zeros_(self.depth_head.bias)
 
-    def depth_scale(self, coarsest_map: Tensor) -> Tensor:
+    def depth_scale(self, feature_maps: Sequence[Tensor]) -> Tensor:
         r"""Per-image scale :math:`e^{0.5 \tanh(2 h)}` of the starting ellipsoid, :math:`h` the depth
-        head's output on the mean of the encoder's coarsest map ``[B,C,h,w]`` -> ``[B]``."""
-        raw = self.depth_head(coarsest_map.float().mean(dim=(2, 3))).squeeze(-1)
+        head's output on :func:`depth_head_inputs` of the encoder's maps (each ``[B,C,h,w]``) -> ``[B]``."""
+        raw = self.depth_head(depth_head_inputs(feature_maps, self.config.depth_head_features)).squeeze(-1)
         return torch.exp(0.5 * torch.tanh(2.0 * raw))
 
     def compile_submodules(self, **compile_kwargs) -> "Pixel2Mesh":
@@ -244,7 +275,7 @@ class Pixel2Mesh(nn.Module):
         topology, conv_index = self._batched(0, batch_size)
         pos, hidden = topology.pos, None
         if self.depth_head is not None:  # about the camera centre: the same projection, another depth
-            pos = pos * self.depth_scale(feature_maps[-1]).to(pos.dtype)[topology.batch, None]
+            pos = pos * self.depth_scale(feature_maps).to(pos.dtype)[topology.batch, None]
         for level, block in enumerate(self.blocks):
             if level > 0:
                 previous = meshes[-1]
@@ -270,6 +301,10 @@ class Pixel2Mesh(nn.Module):
             pos_before.append(pos)
             mesh = copy.copy(topology)  # shares the cached topology tensors
             mesh.pos = pos + offset
+            if self.depth_readout is not None:  # the whole mesh in depth, its projection kept
+                pooled = hidden.view(batch_size, -1, hidden.size(-1)).mean(dim=1)
+                raw = self.depth_readout[level](pooled.float()).squeeze(-1)
+                mesh.pos = mesh.pos * torch.exp(0.5 * torch.tanh(2.0 * raw)).to(pos.dtype)[topology.batch, None]
             meshes.append(mesh)
             conv_indices.append(conv_index)
 

@@ -23,6 +23,10 @@ __all__ = ["SEARCHES", "CHUNK_BYTES_CPU", "CHUNK_BYTES_GPU", "nearest_indices"]
 CHUNK_BYTES_CPU = 32 * 1024 * 1024
 CHUNK_BYTES_GPU = 512 * 1024 * 1024
 SEARCHES = ("auto", "kdtree", "matmul")
+#: ``auto`` on CPU searches by matrix product when the searched clouds hold at most this many
+#: points per graph on average: 2000 GT points per graph against the 156 vertices of level 1 took
+#: 5 ms that way against 18 ms by KD-tree (batch 8, 2 cores); at 618 the KD-tree is ahead
+SMALL_CLOUD_POINTS = 256
 
 
 @torch.no_grad()
@@ -31,6 +35,10 @@ def _nearest_matmul(
 ) -> Tensor:
     dense_points, points_mask = to_dense_batch(points, points_batch, batch_size=num_graphs)
     dense_query, query_mask = to_dense_batch(query, query_batch, batch_size=num_graphs)
+    # about each graph's centroid: |p|^2 and q.p stay small, so float32 loses less to cancellation
+    counts = points_mask.sum(1, keepdim=True).clamp(min=1).unsqueeze(-1)
+    centre = dense_points.sum(1, keepdim=True) / counts
+    dense_points, dense_query = dense_points - centre, dense_query - centre
     # |q - p|^2 = |q|^2 - 2 q.p + |p|^2; |q|^2 does not change the argmin. Padding -> +inf.
     squared_norm = dense_points.square().sum(-1).masked_fill(~points_mask, float("inf")).unsqueeze(1)
     points_t = dense_points.transpose(1, 2).contiguous()
@@ -76,7 +84,8 @@ def nearest_indices(
 
     Args:
         query, points: ``[Nq,3]``, ``[Np,3]``; ``query_batch``, ``points_batch``: sorted graph ids.
-        search: ``kdtree``, ``matmul`` or ``auto`` (KD-tree on CPU, matrix product on GPU).
+        search: ``kdtree``, ``matmul`` or ``auto`` (matrix product on GPU and, on CPU, for
+            searched clouds of at most :data:`SMALL_CLOUD_POINTS` points per graph; KD-tree otherwise).
         chunk_bytes: distance-block budget of ``matmul`` (default by device).
 
     Shapes:
@@ -85,7 +94,8 @@ def nearest_indices(
     if search not in SEARCHES:
         raise ValueError(f"search: expected one of {', '.join(SEARCHES)}, got {search!r}")
     if search == "auto":
-        search = "kdtree" if query.device.type == "cpu" else "matmul"
+        small = points.size(0) <= SMALL_CLOUD_POINTS * max(1, num_graphs)
+        search = "kdtree" if query.device.type == "cpu" and not small else "matmul"
     if search == "kdtree":
         return _nearest_kdtree(query, query_batch, points, points_batch, num_graphs)
     if chunk_bytes is None:
