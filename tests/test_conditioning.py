@@ -110,9 +110,10 @@ def test_weight_decay_groups_follow_the_original_without_its_3000_scale():
     assert sorted(grouped) == sorted(names.values())  # every parameter exactly once
     assert groups["none"]["weight_decay"] == 0 and all(p.dim() == 1 for p in groups["none"]["params"])
     assert all(names[id(p)].startswith(("encoder.", "image_decoder.")) for p in groups["image"]["params"])
-    # the graph convolutions, and the depth head's weight (a linear layer on pooled features)
-    assert all(names[id(p)].startswith(("blocks.", "depth_head.")) for p in groups["graph"]["params"])
-    assert "depth_head.weight" in [names[id(p)] for p in groups["graph"]["params"]]
+    # the graph convolutions, and the depth head's and readouts' weights (linear layers on pooled features)
+    graph = [names[id(p)] for p in groups["graph"]["params"]]
+    assert all(name.startswith(("blocks.", "depth_head.", "depth_readout.")) for name in graph)
+    assert {"depth_head.weight", "depth_readout.0.weight", "depth_readout.2.weight"} <= set(graph)
     assert groups["graph"]["weight_decay"] == train.weight_decay
     assert groups["image"]["weight_decay"] == train.encoder_weight_decay
 

@@ -16,7 +16,7 @@ from scipy.spatial import cKDTree
 from torch import Tensor
 from torch_geometric.utils import to_dense_batch
 
-__all__ = ["SEARCHES", "CHUNK_BYTES_CPU", "CHUNK_BYTES_GPU", "nearest_indices"]
+__all__ = ["SEARCHES", "CHUNK_BYTES_CPU", "CHUNK_BYTES_GPU", "SMALL_CLOUD_POINTS", "nearest_indices"]
 
 #: Memory one distance block of the matrix-product search may use on CPU (cache-sized blocks
 #: are fastest there) and on GPU.
