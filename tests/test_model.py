@@ -118,6 +118,17 @@ def test_dense_bilinear_sampling_matches_grid_sample_and_its_gradients(height, w
     torch.testing.assert_close(got[1][inside], expected[1][inside], rtol=0, atol=1e-10)
 
 
+def test_dense_bilinear_sampling_of_a_non_finite_point_gives_nan_like_grid_sample():
+    fmap = torch.randn(1, 3, 7, 7, dtype=torch.float64)
+    grid = torch.tensor([[[0.1, -0.2], [float("nan"), 0.3], [float("inf"), -float("inf")]]], dtype=torch.float64)
+    dense = bilinear_sample_dense(fmap, grid)
+    reference = F.grid_sample(fmap, grid[:, :, None], mode="bilinear", padding_mode="border", align_corners=False)
+    reference = reference.squeeze(-1).transpose(1, 2)
+    torch.testing.assert_close(dense[0, 0], reference[0, 0])
+    assert torch.isnan(dense[0, 1]).all()  # a diverged vertex stays visible to the loss's check
+    torch.testing.assert_close(dense[0, 2], fmap[0, :, 0, 6])  # x = +inf, y = -inf: the border cell (row 0, column 6)
+
+
 def test_projection_gradient_on_a_small_map_matches_finite_differences():
     generator = torch.Generator().manual_seed(4)
     pos = random_vertices(6, generator).requires_grad_(True)

@@ -45,8 +45,9 @@ def bilinear_sample_dense(fmap: Tensor, grid: Tensor) -> Tensor:
     batch_size, channels, height, width = fmap.shape
     x = (((grid[..., 0] + 1.0) * width - 1.0) * 0.5).clamp(0, width - 1)
     y = (((grid[..., 1] + 1.0) * height - 1.0) * 0.5).clamp(0, height - 1)
-    x0 = x.detach().floor().clamp(max=width - 2)
-    y0 = y.detach().floor().clamp(max=height - 2)
+    # a non-finite vertex (a diverged prediction) samples NaN, as grid_sample's does, at a valid cell
+    x0 = torch.nan_to_num(x.detach(), nan=0.0).floor().clamp(max=width - 2)
+    y0 = torch.nan_to_num(y.detach(), nan=0.0).floor().clamp(max=height - 2)
     a, b = x - x0, y - y0
     corner = (y0 * width + x0).long()
     index = torch.stack([corner, corner + 1, corner + width, corner + width + 1], dim=-1)
