@@ -64,6 +64,13 @@ def depth_head_inputs(feature_maps: Sequence[Tensor], features: str = "coarsest"
     return torch.cat(pooled, dim=1)
 
 
+def bounded_depth_scale(raw: Tensor) -> Tensor:
+    r""":math:`e^{0.5\tanh(2 r)}`, in :math:`(e^{-0.5}, e^{0.5})` and 1 at :math:`r = 0`: the factor by
+    which the depth head and the depth readouts scale a mesh about the camera centre (every vertex
+    keeps its pixel; the mesh moves in depth and grows with it)."""
+    return torch.exp(0.5 * torch.tanh(2.0 * raw))
+
+
 def laplacian_smoothing_matrix(edge_index: Tensor, num_nodes: int, strength: float) -> Tensor:
     r"""Dense :math:`(I + \lambda L)^{-1}` for one mesh, :math:`L = D - A` its graph Laplacian
     (``edge_index`` with both directions), :math:`\lambda` = ``strength``.
@@ -195,10 +202,12 @@ class Pixel2Mesh(nn.Module):
         nn.init.zeros_(self.depth_head.bias)
 
     def depth_scale(self, feature_maps: Sequence[Tensor]) -> Tensor:
-        r"""Per-image scale :math:`e^{0.5 \tanh(2 h)}` of the starting ellipsoid, :math:`h` the depth
-        head's output on :func:`depth_head_inputs` of the encoder's maps (each ``[B,C,h,w]``) -> ``[B]``."""
-        raw = self.depth_head(depth_head_inputs(feature_maps, self.config.depth_head_features)).squeeze(-1)
-        return torch.exp(0.5 * torch.tanh(2.0 * raw))
+        r"""Per-image scale :math:`e^{0.5 \tanh(2 h)}` of the starting ellipsoid (:func:`bounded_depth_scale`),
+        :math:`h` the depth head's output on :func:`depth_head_inputs` of the encoder's maps (each
+        ``[B,C,h,w]``) -> ``[B]``."""
+        return bounded_depth_scale(
+            self.depth_head(depth_head_inputs(feature_maps, self.config.depth_head_features)).squeeze(-1)
+        )
 
     def compile_submodules(self, **compile_kwargs) -> "Pixel2Mesh":
         """``torch.compile`` the encoder, the image decoder and each deformation block, in
@@ -303,8 +312,8 @@ class Pixel2Mesh(nn.Module):
             mesh.pos = pos + offset
             if self.depth_readout is not None:  # the whole mesh in depth, its projection kept
                 pooled = hidden.view(batch_size, -1, hidden.size(-1)).mean(dim=1)
-                raw = self.depth_readout[level](pooled.float()).squeeze(-1)
-                mesh.pos = mesh.pos * torch.exp(0.5 * torch.tanh(2.0 * raw)).to(pos.dtype)[topology.batch, None]
+                scale = bounded_depth_scale(self.depth_readout[level](pooled.float()).squeeze(-1))
+                mesh.pos = mesh.pos * scale.to(pos.dtype)[topology.batch, None]
             meshes.append(mesh)
             conv_indices.append(conv_index)
 

@@ -112,23 +112,16 @@ class GraphProjection(nn.Module):
             dense_grid = dense_grid.unsqueeze(2)  # [B, Nmax, 1, 2]
         sampled = [pos.view(batch_size, -1, 3) if mask is None else pos]
         for fmap in feature_maps:
-            # sample in the coordinates' precision: bf16 grids would be off by ~0.1 px
+            fmap = fmap.to(grid.dtype)  # sample in the coordinates' precision: bf16 grids would be off by ~0.1 px
             height, width = fmap.shape[-2:]
             if fmap.device.type == "cpu" and 2 <= min(height, width) and height * width <= DENSE_SAMPLING_MAX_CELLS:
-                values = bilinear_sample_dense(fmap.to(grid.dtype), dense_grid.squeeze(2))
-                sampled.append((values if mask is None else values[mask]).to(pos.dtype))
-                continue
-            values = (
-                F.grid_sample(
-                    fmap.to(grid.dtype),
-                    dense_grid,
-                    mode="bilinear",
-                    padding_mode="border",
-                    align_corners=False,
-                )
-                .squeeze(-1)
-                .transpose(1, 2)
-            )  # [B, Nmax, C]
+                values = bilinear_sample_dense(fmap, dense_grid.squeeze(2))
+            else:
+                values = (
+                    F.grid_sample(fmap, dense_grid, mode="bilinear", padding_mode="border", align_corners=False)
+                    .squeeze(-1)
+                    .transpose(1, 2)
+                )  # [B, Nmax, C]
             sampled.append((values if mask is None else values[mask]).to(pos.dtype))
         return torch.cat(sampled, dim=-1).view(pos.size(0), -1)
 
