@@ -44,7 +44,7 @@ T = TypeVar("T")
 #: forms of the face-normal term (``loss.face_normal_form``; :func:`p2m_geo.losses.bend_loss`)
 FACE_NORMAL_FORMS = ("one_minus_cos", "normal_difference")
 #: inputs of the depth head (``model.depth_head_features``; :meth:`p2m_geo.Pixel2Mesh.depth_scale`)
-DEPTH_HEAD_FEATURES = ("coarsest", "all")
+DEPTH_HEAD_FEATURES = ("coarsest", "all", "spatial")
 
 
 @dataclass
@@ -77,6 +77,7 @@ class ModelConfig:
     depth_head: bool = False
     #: what the depth head reads: ``coarsest`` (the mean of the coarsest map, round 10) or ``all``
     #: (the mean and the maximum of every map: the object's extent at each scale, 56 px included)
+    #: or ``spatial`` (the coarsest map cell by cell, pooled to 7 x 7: where the object ends)
     depth_head_features: str = "coarsest"
     #: a global depth readout per block: a linear map of the mean of the block's hidden vertex
     #: features scales the block's output mesh about the camera centre by :math:`e^{d}`,

@@ -215,6 +215,26 @@ def test_cpu_quick_has_the_depth_readout_since_round_12():
     assert from_dict(Config, preset_dict("cpu-quick")).model.depth_readout is True
 
 
+@pytest.mark.parametrize(
+    "path",
+    [p for p in VARIANT_CONFIGS if p.parent.name.startswith("round") and 10 <= int(p.parent.name[5:]) < 13]
+    + [VARIANT_CONFIGS[0].parent.parent / "round13" / "synth-v2.yaml"],
+    ids=lambda p: f"{p.parent.name}/{p.stem}",
+)
+def test_variant_configs_before_round_13_read_the_mean_of_the_coarsest_map(path):
+    """cpu-quick's depth head reads the coarsest map cell by cell since round 13; the files of the
+    rounds before (which ran the head on the map's mean, or without a head) say so."""
+    _, config = variant_over_cpu_quick(path)
+    assert config.model.depth_head_features in ("coarsest", "all") or not config.model.depth_head
+    assert config.model.depth_head_features == "all" or "all-maps" not in path.stem
+
+
+def test_cpu_quick_reads_the_coarsest_map_cell_by_cell_since_round_13():
+    from p2m_geo.config import preset_dict
+
+    assert from_dict(Config, preset_dict("cpu-quick")).model.depth_head_features == "spatial"
+
+
 #: cpu-quick as rounds 3-6 (and round 7's 8-epoch rows) ran on, before round 7 changed it
 CPU_QUICK_BEFORE_ROUND_7 = {"num_residual": 2, "epochs": 8, "lr_milestones": (6,), "gt_points": 4000}
 

@@ -17,6 +17,7 @@ from p2m_geo.config import ConfigError, to_dict
 from p2m_geo.nn import GraphProjection, GraphUnpooling, DeformationBlock
 from p2m_geo.nn.projection import bilinear_sample_dense
 from p2m_geo.nn.gresnet import glorot_zero_bias_
+from p2m_geo.models.pixel2mesh import depth_head_inputs
 
 SMALL = ModelConfig(encoder_width=0.25, hidden=16, num_residual=1, image_branch=True)
 
@@ -608,8 +609,44 @@ def test_depth_head_reading_all_maps_takes_their_means_and_maxima():
             start = model(images, intrinsics).pos_before[0].view(2, -1, 3)[graph]
             scale = math.exp(0.5 * math.tanh(2.0 * raw))
             torch.testing.assert_close(start, model.pos_0 * scale, rtol=1e-4, atol=1e-6)
-    with pytest.raises(ConfigError, match=r"^model.depth_head_features: expected one of coarsest, all, got 'mean'$"):
+    with pytest.raises(
+        ConfigError, match=r"^model.depth_head_features: expected one of coarsest, all, spatial, got 'mean'$"
+    ):
         ModelConfig(depth_head_features="mean")
+
+
+def test_spatial_depth_head_weighs_each_cell_of_the_coarsest_map_by_where_it_is():
+    torch.manual_seed(0)
+    model = Pixel2Mesh(dataclasses.replace(SMALL, depth_head=True, depth_head_features="spatial")).eval()
+    channels = model.encoder.channels[-1]
+    assert model.depth_head.in_features == channels * 49
+    images, intrinsics = torch.rand(2, 3, 224, 224), default_intrinsics(2)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images, intrinsics).pos_before[0], model.pos_0.repeat(2, 1))  # scale 1
+        coarsest = model.encoder(images)[-1]
+        assert coarsest.shape[-2:] == (7, 7)  # 224 px: the grid is the map itself
+        weight = torch.randn(channels, 7, 7) * 0.5
+        model.depth_head.weight.copy_(weight.reshape(1, -1))
+        for graph in range(2):  # the head written out: a weight per channel and cell, over 49 cells
+            raw = sum(
+                float(coarsest[graph, c, row, col]) * float(weight[c, row, col])
+                for c in range(channels)
+                for row in range(7)
+                for col in range(7)
+            ) / 49
+            start = model(images, intrinsics).pos_before[0].view(2, -1, 3)[graph]
+            torch.testing.assert_close(start, model.pos_0 * math.exp(0.5 * math.tanh(2.0 * raw)), rtol=1e-4, atol=1e-6)
+        # the same weight in every cell is the coarsest-map head with that weight
+        uniform = torch.randn(channels)
+        torch.testing.assert_close(
+            depth_head_inputs([coarsest], "spatial") @ uniform.repeat_interleave(49),
+            depth_head_inputs([coarsest]) @ uniform,
+        )
+        # a map shifted by one cell changes the head's output although its mean stays the same
+        rolled = coarsest.roll(1, dims=-1)
+        inputs = depth_head_inputs([coarsest], "spatial"), depth_head_inputs([rolled], "spatial")
+        assert not torch.allclose(model.depth_head(inputs[0]), model.depth_head(inputs[1]))
+        torch.testing.assert_close(depth_head_inputs([coarsest]), depth_head_inputs([rolled]))
 
 
 def test_depth_readout_scales_each_block_mesh_about_the_camera_and_starts_at_one():

@@ -54,12 +54,32 @@ class Pixel2MeshOutput:
         return Pixel2MeshOutput(meshes, [p.float() for p in self.pos_before], logits, self.conv_indices)
 
 
+#: side of the grid the ``spatial`` depth head reads the coarsest map on (7: cnn18's map at 224 px)
+DEPTH_HEAD_GRID = 7
+
+
+def depth_head_input_size(channels: Sequence[int], features: str = "coarsest") -> int:
+    """Length of :func:`depth_head_inputs`' rows for maps of ``channels``."""
+    if features == "coarsest":
+        return channels[-1]
+    if features == "spatial":
+        return channels[-1] * DEPTH_HEAD_GRID**2
+    return 2 * sum(channels)
+
+
 def depth_head_inputs(feature_maps: Sequence[Tensor], features: str = "coarsest") -> Tensor:
     r"""What the depth head reads, per image: ``coarsest``: the spatial mean of the last map
-    ``[B, C_last]``; ``all``: the spatial mean and maximum of every map,
+    ``[B, C_last]``; ``spatial``: the last map itself, average-pooled to a
+    ``DEPTH_HEAD_GRID``-square grid, flattened and divided by the number of cells
+    (``[B, C_last * 49]``: a linear head on it can weigh each cell by where it is, so it sees where
+    the object ends, i.e. its size in pixels; with the same weight in every cell it is the
+    ``coarsest`` head, and an optimiser step of the same size per weight moves it as much);
+    ``all``: the spatial mean and maximum of every map,
     :math:`\Vert_m [\operatorname{mean}_{hw} F^{(m)}, \max_{hw} F^{(m)}]`, ``[B, 2 \sum_m C_m]``."""
     if features == "coarsest":
         return feature_maps[-1].float().mean(dim=(2, 3))
+    if features == "spatial":
+        return nn.functional.adaptive_avg_pool2d(feature_maps[-1].float(), DEPTH_HEAD_GRID).flatten(1) / DEPTH_HEAD_GRID**2
     pooled = [torch.cat([fmap.float().mean(dim=(2, 3)), fmap.float().amax(dim=(2, 3))], dim=1) for fmap in feature_maps]
     return torch.cat(pooled, dim=1)
 
@@ -118,7 +138,7 @@ class Pixel2Mesh(nn.Module):
     ellipsoid scaled about the camera centre, :math:`e^{0.5\tanh(2h)}\,\mathbf{P}_0`: every vertex
     keeps its pixel, the whole mesh moves in depth (and grows with it) before any offset. The
     head starts at zero (scale 1); ``config.depth_head_features: all`` feeds it the mean and the
-    maximum of every map instead (:func:`depth_head_inputs`). Optional too
+    maximum of every map instead, ``spatial`` the coarsest map cell by cell (:func:`depth_head_inputs`). Optional too
     (``config.depth_readout``): after each block, a linear readout of the mean of the block's
     hidden features :math:`\bar{\mathbf{h}}_k` scales its mesh the same way,
     :math:`\mathbf{P}_k = e^{0.5\tanh(2 r_k(\bar{\mathbf{h}}_k))}(\mathbf{P}_{k-1}^{\uparrow} + \Delta\mathbf{P}_k)`
@@ -161,9 +181,7 @@ class Pixel2Mesh(nn.Module):
             for level in range(NUM_LEVELS)
         )
         self.image_decoder = ImageDecoder(self.encoder.channels) if config.image_branch else None
-        head_inputs = (
-            self.encoder.channels[-1] if config.depth_head_features == "coarsest" else 2 * sum(self.encoder.channels)
-        )
+        head_inputs = depth_head_input_size(self.encoder.channels, config.depth_head_features)
         self.depth_head = nn.Linear(head_inputs, 1) if config.depth_head else None
         if self.depth_head is not None:
             self._reset_depth_head()
