@@ -29,8 +29,14 @@ PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
     # on 2 cores in short runs timed in turns, 3% in a whole run (benchmarks/RESULTS.md). On more
     # cores, --workers 1 or 2 overlaps it.
     "cpu-quick": {
-        "model": {"encoder_width": 0.25, "hidden": 64, "num_residual": 1, "depth_head": True, "depth_readout": True,
-                  "depth_head_features": "spatial"},
+        "model": {
+            "encoder_width": 0.25,
+            "hidden": 64,
+            "num_residual": 1,
+            "depth_head": True,
+            "depth_readout": True,
+            "depth_head_features": "spatial",
+        },
         "loss": {"laplacian": 1.5},
         "train": {
             "epochs": 10,

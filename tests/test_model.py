@@ -628,12 +628,15 @@ def test_spatial_depth_head_weighs_each_cell_of_the_coarsest_map_by_where_it_is(
         weight = torch.randn(channels, 7, 7) * 0.5
         model.depth_head.weight.copy_(weight.reshape(1, -1))
         for graph in range(2):  # the head written out: a weight per channel and cell, over 49 cells
-            raw = sum(
-                float(coarsest[graph, c, row, col]) * float(weight[c, row, col])
-                for c in range(channels)
-                for row in range(7)
-                for col in range(7)
-            ) / 49
+            raw = (
+                sum(
+                    float(coarsest[graph, c, row, col]) * float(weight[c, row, col])
+                    for c in range(channels)
+                    for row in range(7)
+                    for col in range(7)
+                )
+                / 49
+            )
             start = model(images, intrinsics).pos_before[0].view(2, -1, 3)[graph]
             torch.testing.assert_close(start, model.pos_0 * math.exp(0.5 * math.tanh(2.0 * raw)), rtol=1e-4, atol=1e-6)
         # the same weight in every cell is the coarsest-map head with that weight

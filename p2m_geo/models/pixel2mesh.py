@@ -79,7 +79,8 @@ def depth_head_inputs(feature_maps: Sequence[Tensor], features: str = "coarsest"
     if features == "coarsest":
         return feature_maps[-1].float().mean(dim=(2, 3))
     if features == "spatial":
-        return nn.functional.adaptive_avg_pool2d(feature_maps[-1].float(), DEPTH_HEAD_GRID).flatten(1) / DEPTH_HEAD_GRID**2
+        cells = nn.functional.adaptive_avg_pool2d(feature_maps[-1].float(), DEPTH_HEAD_GRID)
+        return cells.flatten(1) / DEPTH_HEAD_GRID**2
     pooled = [torch.cat([fmap.float().mean(dim=(2, 3)), fmap.float().amax(dim=(2, 3))], dim=1) for fmap in feature_maps]
     return torch.cat(pooled, dim=1)
 
