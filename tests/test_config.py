@@ -153,7 +153,13 @@ def test_renamed_keys_of_old_configs_and_checkpoints_still_load():
         from_dict(Config, {"loss": {"chamfer": "x"}})
 
 
-VARIANT_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "variant_configs").glob("*/*.yaml"))
+VARIANT_CONFIG_ROOT = Path(__file__).resolve().parents[1] / "benchmarks" / "variant_configs"
+VARIANT_CONFIGS = sorted(VARIANT_CONFIG_ROOT.glob("*/*.yaml"))
+
+
+def variant_configs_of_rounds(first: int, last: int):
+    """The variant files of ``round<first>`` .. ``round<last>`` (``bundled/`` and other folders left out)."""
+    return [p for p in VARIANT_CONFIGS if p.parent.name.startswith("round") and first <= int(p.parent.name[5:]) <= last]
 
 
 def variant_over_cpu_quick(path: Path):
@@ -181,7 +187,7 @@ def test_variant_configs_are_there():
 
 @pytest.mark.parametrize(
     "path",
-    [p for p in VARIANT_CONFIGS if p.parent.name.startswith("round") and int(p.parent.name[5:]) < 10],
+    variant_configs_of_rounds(0, 9),
     ids=lambda p: f"{p.parent.name}/{p.stem}",
 )
 def test_variant_configs_before_round_10_run_without_the_depth_head(path):
@@ -198,8 +204,7 @@ def test_cpu_quick_has_the_depth_head_since_round_10():
 
 @pytest.mark.parametrize(
     "path",
-    [p for p in VARIANT_CONFIGS if p.parent.name.startswith("round") and int(p.parent.name[5:]) < 12]
-    + [p for p in VARIANT_CONFIGS if p.parent.name == "round12" and "readout" not in p.stem],
+    variant_configs_of_rounds(0, 11) + [p for p in variant_configs_of_rounds(12, 12) if "readout" not in p.stem],
     ids=lambda p: f"{p.parent.name}/{p.stem}",
 )
 def test_variant_configs_before_round_12_run_without_the_depth_readout(path):
@@ -217,8 +222,7 @@ def test_cpu_quick_has_the_depth_readout_since_round_12():
 
 @pytest.mark.parametrize(
     "path",
-    [p for p in VARIANT_CONFIGS if p.parent.name.startswith("round") and 10 <= int(p.parent.name[5:]) < 13]
-    + [VARIANT_CONFIGS[0].parent.parent / "round13" / "synth-v2.yaml"],
+    variant_configs_of_rounds(10, 12) + [VARIANT_CONFIG_ROOT / "round13" / "synth-v2.yaml"],
     ids=lambda p: f"{p.parent.name}/{p.stem}",
 )
 def test_variant_configs_before_round_13_read_the_mean_of_the_coarsest_map(path):
@@ -241,7 +245,7 @@ CPU_QUICK_BEFORE_ROUND_7 = {"num_residual": 2, "epochs": 8, "lr_milestones": (6,
 
 @pytest.mark.parametrize(
     "path",
-    [p for p in VARIANT_CONFIGS if p.parent.name in ("round3", "round4", "round5", "round6")],
+    variant_configs_of_rounds(3, 6),
     ids=lambda p: f"{p.parent.name}/{p.stem}",
 )
 def test_variant_configs_of_earlier_rounds_still_run_on_the_network_they_were_measured_with(path):
