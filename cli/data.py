@@ -23,6 +23,13 @@ def data() -> None:
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--per-class", type=click.IntRange(min=2), default=24, show_default=True, help="Shapes per class.")
 @click.option("--views", type=click.IntRange(1, 24), default=4, show_default=True, help="Renderings per shape.")
+@click.option(
+    "--extra-train",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="More training shapes per class after the --per-class ones (the test views stay the same).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Processes.")
 @click.option("--categories", default="all", show_default=True, help="Comma-separated class names, or 'all'.")
@@ -43,14 +50,24 @@ def data() -> None:
 )
 @friendly_errors
 def synth(
-    out: Path, per_class: int, views: int, seed: int, workers: int, categories: str, version: str, sheet: Path | None
+    out: Path,
+    per_class: int,
+    views: int,
+    extra_train: int,
+    seed: int,
+    workers: int,
+    categories: str,
+    version: str,
+    sheet: Path | None,
 ) -> None:
     """Generate the procedural 13-class dataset into OUT (ShapeNetP2M layout)."""
     from p2m_geo.data.synth import CATEGORIES, SynthSpec, contact_sheet, generate_dataset
 
     names = tuple(CATEGORIES) if categories == "all" else tuple(c.strip() for c in categories.split(",") if c.strip())
-    spec = SynthSpec(per_class=per_class, views=views, seed=seed, categories=names, version=int(version))
-    total = len(names) * per_class * views
+    spec = SynthSpec(
+        per_class=per_class, views=views, seed=seed, categories=names, version=int(version), extra_train=extra_train
+    )
+    total = len(names) * (per_class + extra_train) * views
     start = time.perf_counter()
     with tqdm(total=total, unit="view", desc="synth") as bar:
         counts = generate_dataset(out, spec, workers=workers, progress=bar.update)

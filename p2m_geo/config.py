@@ -79,11 +79,20 @@ class ModelConfig:
     #: (the mean and the maximum of every map: the object's extent at each scale, 56 px included)
     #: or ``spatial`` (the coarsest map cell by cell, pooled to 7 x 7: where the object ends)
     depth_head_features: str = "coarsest"
+    #: > 0: the depth head is a one-hidden-layer MLP of this width (ReLU) on the coarsest map's 7 x 7
+    #: cells (needs ``depth_head_features: spatial``): depth goes as 1 / apparent size, which a
+    #: linear map of the cells cannot follow; 0: the linear head
+    depth_head_hidden: int = 0
     #: a global depth readout per block: a linear map of the mean of the block's hidden vertex
     #: features scales the block's output mesh about the camera centre by :math:`e^{d}`,
     #: :math:`d \in (-0.5, 0.5)` (its projection stays), so every block can move its whole mesh in
     #: depth, informed by the image features its vertices sampled; starts at zero (scale 1)
     depth_readout: bool = False
+    #: > 0: a global image code of this many features per image, a linear map (ReLU) of the
+    #: encoder's coarsest map pooled to 7 x 7 cells, appended to every vertex's sampled features in
+    #: every block, so each vertex sees the whole image and not only the pixels it projects to
+    #: (not in the original); 0: off
+    global_features: int = 0
 
     def __post_init__(self) -> None:
         from p2m_geo.models.encoders import encoder_names
@@ -109,8 +118,15 @@ class ModelConfig:
                 "image_size": (lambda v: v >= 32, "an integer >= 32"),
                 "offset_bound": (lambda v: v >= 0, "a number >= 0"),
                 "offset_smoothing": (lambda v: v >= 0, "a number >= 0"),
+                "global_features": (lambda v: v >= 0, "an integer >= 0"),
+                "depth_head_hidden": (lambda v: v >= 0, "an integer >= 0"),
             },
         )
+        if self.depth_head_hidden > 0 and self.depth_head_features != "spatial":
+            raise ConfigError(
+                f"model.depth_head_hidden: expected 0 unless model.depth_head_features is spatial, "
+                f"got {self.depth_head_hidden} with {self.depth_head_features}"
+            )
 
 
 @dataclass
@@ -288,6 +304,9 @@ class DataConfig:
     #: procedural dataset version: 1 flat-shaded primitives, 2 curved shapes with palette
     #: colours, textures and random lighting (:mod:`p2m_geo.data.synth`)
     synth_version: int = 1
+    #: procedural dataset: this many more training shapes per class, generated after the
+    #: ``synth_per_class`` ones; the test (validation) views stay those of ``synth_per_class`` alone
+    synth_extra_train: int = 0
     on_bad_sample: str = "fail"  #: fail or skip
 
     def __post_init__(self) -> None:
@@ -298,6 +317,7 @@ class DataConfig:
                 "synth_per_class": (lambda v: v >= 2, "an integer >= 2"),
                 "synth_views": (lambda v: 1 <= v <= 24, "an integer from 1 to 24"),
                 "synth_version": (lambda v: v in (1, 2), "1 or 2"),
+                "synth_extra_train": (lambda v: v >= 0, "an integer >= 0"),
             },
         )
         from p2m_geo.data.factory import dataset_format_names

@@ -33,6 +33,7 @@ from p2m_geo.config import Config, ConfigError, from_dict, load_yaml
             r"loss.face_normal_block_margins: expected 3 degrees in \[0, 180\), got a tuple of 2",
         ),
         ({"train": {"max_steps": -1}}, "train.max_steps: expected an integer >= 0, got -1"),
+        ({"data": {"synth_extra_train": -1}}, "data.synth_extra_train: expected an integer >= 0, got -1"),
         ({"train": {"lr_milestones": "abc"}}, "train.lr_milestones: expected a list of integers, got 'abc'"),
         ({"train": {"lr_milestones": [3, "x"]}}, r"train.lr_milestones\[1\]: expected an integer, got 'x'"),
         ({"train": {"lr": float("inf")}}, r"train.lr: expected a number in \(0, 1\], got inf"),
@@ -155,6 +156,15 @@ def test_renamed_keys_of_old_configs_and_checkpoints_still_load():
 
 VARIANT_CONFIG_ROOT = Path(__file__).resolve().parents[1] / "benchmarks" / "variant_configs"
 VARIANT_CONFIGS = sorted(VARIANT_CONFIG_ROOT.glob("*/*.yaml"))
+
+
+def test_procedural_cache_folder_names_its_extra_training_shapes(monkeypatch, tmp_path):
+    from p2m_geo.data.factory import default_data_root
+
+    monkeypatch.setenv("P2M_GEO_DATA", str(tmp_path))
+    assert default_data_root(from_dict(Config, {})) == tmp_path / "synth-v1-pc24-views4-seed0"
+    extra = from_dict(Config, {"data": {"synth_extra_train": 24, "synth_version": 2}})
+    assert default_data_root(extra) == tmp_path / "synth-v2-pc24-views4-seed0-extra24"
 
 
 def variant_configs_of_rounds(first: int, last: int):

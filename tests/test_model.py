@@ -652,6 +652,85 @@ def test_spatial_depth_head_weighs_each_cell_of_the_coarsest_map_by_where_it_is(
         torch.testing.assert_close(depth_head_inputs([coarsest]), depth_head_inputs([rolled]))
 
 
+def test_mlp_depth_head_reads_the_cells_through_one_relu_layer_and_starts_at_scale_one():
+    torch.manual_seed(0)
+    config = dataclasses.replace(
+        SMALL, image_branch=False, depth_head=True, depth_head_features="spatial", depth_head_hidden=6
+    )
+    model = Pixel2Mesh(config).eval()
+    channels = model.encoder.channels[-1]
+    assert (model.depth_head_hidden_layer.in_features, model.depth_head.in_features) == (channels * 49, 6)
+    images, intrinsics = torch.rand(2, 3, 224, 224), default_intrinsics(2)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images, intrinsics).pos_before[0], model.pos_0.repeat(2, 1))  # scale 1
+        coarsest = model.encoder(images)[-1]
+        output_weight = torch.randn(1, 6)
+        model.depth_head.weight.copy_(output_weight)
+        hidden_weight, hidden_bias = model.depth_head_hidden_layer.weight, model.depth_head_hidden_layer.bias
+        for graph in range(2):  # written out: 6 ReLU units of the 7 x 7 x C cells, then the output weights
+            raw = 0.0
+            for unit in range(6):
+                total = float(hidden_bias[unit])
+                for c in range(channels):
+                    for row in range(7):
+                        for col in range(7):
+                            cell = float(coarsest[graph, c, row, col])
+                            total += cell * float(hidden_weight[unit, (c * 7 + row) * 7 + col])
+                raw += max(0.0, total) * float(output_weight[0, unit])
+            assert raw != 0.0
+            start = model(images, intrinsics).pos_before[0].view(2, -1, 3)[graph]
+            torch.testing.assert_close(start, model.pos_0 * math.exp(0.5 * math.tanh(2.0 * raw)), rtol=1e-4, atol=1e-6)
+    model.depth_head.weight.data.fill_(1.0)
+    model.reset_parameters()
+    assert not model.depth_head.weight.detach().any()
+    message = r"^model.depth_head_hidden: expected 0 unless model.depth_head_features is spatial, got 8 with coarsest$"
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig(depth_head=True, depth_head_hidden=8)
+
+
+def test_global_code_appends_one_relu_code_of_the_coarsest_cells_to_every_vertex_in_every_block():
+    torch.manual_seed(0)
+    features = 5
+    model = Pixel2Mesh(dataclasses.replace(SMALL, image_branch=False, global_features=features)).eval()
+    plain = Pixel2Mesh(dataclasses.replace(SMALL, image_branch=False))
+    assert set(model.state_dict()) - set(plain.state_dict()) == {"global_code.weight", "global_code.bias"}
+    channels, sampled = model.encoder.channels[-1], 3 + sum(model.encoder.channels)
+    assert model.global_code.in_features == channels * 49
+    assert not model.global_code.bias.detach().any()  # He weights, zero bias
+    widths = [block.conv_in.in_channels for block in model.blocks]
+    assert widths == [sampled + features] + [sampled + features + SMALL.hidden] * 2
+    block_inputs = []
+    for block in model.blocks:
+        block.register_forward_pre_hook(lambda module, args: block_inputs.append(args[0]))
+    images, intrinsics = torch.rand(2, 3, 224, 224), default_intrinsics(2)
+    with torch.no_grad():
+        output = model(images, intrinsics)
+        coarsest = model.encoder(images)[-1]
+    assert coarsest.shape[-2:] == (7, 7)
+    weight, bias = model.global_code.weight.double(), model.global_code.bias.double()
+    for graph in range(2):  # the code written out: per feature, a weight per channel and cell, then ReLU
+        code = []
+        for k in range(features):
+            total = float(bias[k])
+            for c in range(channels):
+                for row in range(7):
+                    for col in range(7):
+                        total += float(coarsest[graph, c, row, col]) * float(weight[k, (c * 7 + row) * 7 + col])
+            code.append(max(0.0, total))
+        expected = torch.tensor(code, dtype=torch.float32)
+        assert 0 < int((expected > 0).sum()) < features  # the ReLU cut some and kept some
+        for inputs in block_inputs:  # blocks 1, 2, 3
+            appended = inputs.view(2, -1, inputs.size(-1))[graph, :, sampled : sampled + features]
+            torch.testing.assert_close(appended, expected.expand_as(appended), rtol=1e-4, atol=1e-5)
+    # a fresh model still returns the ellipsoid: the code enters the blocks, whose outputs start small
+    torch.testing.assert_close(output.meshes[2].pos, model.pos_2.repeat(2, 1), rtol=0, atol=1e-3)
+    model.global_code.bias.data.fill_(1.0)
+    model.reset_parameters()
+    assert not model.global_code.bias.detach().any()
+    with pytest.raises(ConfigError, match=r"^model.global_features: expected an integer >= 0, got -1$"):
+        ModelConfig(global_features=-1)
+
+
 def test_depth_readout_scales_each_block_mesh_about_the_camera_and_starts_at_one():
     torch.manual_seed(0)
     plain = Pixel2Mesh(SMALL).eval()

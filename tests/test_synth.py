@@ -77,6 +77,25 @@ def test_contact_sheet_one_row_per_class(generated, tmp_path):
     assert Image.open(sheet).size == (110 + 2 * 137, 13 * 137)
 
 
+def test_extra_training_shapes_leave_the_test_views_byte_identical(generated, tmp_path):
+    classes = ("chair", "car")
+    spec = SynthSpec(per_class=2, views=2, seed=7, categories=classes, extra_train=2)
+    root = tmp_path / "extra"
+    assert generate_dataset(root, spec, workers=1) == {"train": 2 * (1 + 2) * 2, "test": 2 * 1 * 2}
+    train, test = read_file_list(root / "train_list.txt"), read_file_list(root / "test_list.txt")
+    before_train = [r for r in read_file_list(generated / "train_list.txt") if r.category in classes]
+    before_test = [r for r in read_file_list(generated / "test_list.txt") if r.category in classes]
+    assert sorted(r.relative_dat for r in test) == sorted(r.relative_dat for r in before_test)
+    for ref in test + before_train:  # the shapes of per_class alone: the same files, byte for byte
+        for suffix in (".dat", ".png"):
+            relative = ref.relative_dat.replace(".dat", suffix)
+            assert (root / relative).read_bytes() == (generated / relative).read_bytes(), relative
+    added = {r.model for r in train} - {r.model for r in before_train}
+    assert len(added) == 2 * 2 and not added & {r.model for r in test}
+    with pytest.raises(ValueError, match=r"^extra_train: expected an integer >= 0, got -1$"):
+        SynthSpec(extra_train=-1)
+
+
 @pytest.mark.slow
 def test_same_seed_same_bytes_any_worker_count(generated, tmp_path):
     spec = SynthSpec(per_class=2, views=2, seed=7, categories=("chair", "car"))

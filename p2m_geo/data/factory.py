@@ -64,7 +64,8 @@ def default_data_root(config: Config) -> Path:
     """Cache folder of the procedural dataset for this config (``$P2M_GEO_DATA`` overrides the base)."""
     base = Path(os.environ.get("P2M_GEO_DATA", Path.home() / ".cache" / "p2m-geo" / "data"))
     data = config.data
-    return base / f"synth-v{data.synth_version}-pc{data.synth_per_class}-views{data.synth_views}-seed{data.synth_seed}"
+    name = f"synth-v{data.synth_version}-pc{data.synth_per_class}-views{data.synth_views}-seed{data.synth_seed}"
+    return base / (f"{name}-extra{data.synth_extra_train}" if data.synth_extra_train else name)
 
 
 def ensure_procedural_dataset(
@@ -82,9 +83,13 @@ def ensure_procedural_dataset(
 
         data = config.data
         spec = SynthSpec(
-            per_class=data.synth_per_class, views=data.synth_views, seed=data.synth_seed, version=data.synth_version
+            per_class=data.synth_per_class,
+            views=data.synth_views,
+            seed=data.synth_seed,
+            version=data.synth_version,
+            extra_train=data.synth_extra_train,
         )
-        total = len(spec.categories) * spec.per_class * spec.views
+        total = len(spec.categories) * (spec.per_class + spec.extra_train) * spec.views
         log.info("generating the procedural dataset (%d views) into %s", total, root)
         generate_dataset(
             root, spec, workers=workers or os.cpu_count() or 1, progress=progress(total) if progress else None

@@ -704,7 +704,9 @@ def render_view_textured(
 
 @dataclass(frozen=True)
 class SynthSpec:
-    """What to generate: ``per_class`` shapes x ``views`` renderings for each class."""
+    """What to generate: ``per_class`` shapes x ``views`` renderings for each class, the last
+    ``test_fraction`` of them for testing, and ``extra_train`` more training shapes per class
+    after them (indices ``per_class ..``): more training data with the same test views."""
 
     per_class: int = 24
     views: int = 4
@@ -714,12 +716,15 @@ class SynthSpec:
     #: 1: flat-shaded single-colour primitives (the original embedded set); 2: curved/tapered
     #: shapes, per-part palette colours and procedural textures, random Blinn-Phong lighting
     version: int = 1
+    extra_train: int = 0
 
     def __post_init__(self) -> None:
         if self.version not in DATASET_VERSIONS:
             raise ValueError(f"version: expected one of {', '.join(map(str, DATASET_VERSIONS))}, got {self.version!r}")
         if self.per_class < 2:
             raise ValueError(f"per_class: expected at least 2 (one train and one test shape), got {self.per_class}")
+        if self.extra_train < 0:
+            raise ValueError(f"extra_train: expected an integer >= 0, got {self.extra_train!r}")
         if not 1 <= self.views <= 24:
             raise ValueError(f"views: expected 1 to 24, got {self.views}")
         unknown = [c for c in self.categories if c not in SHAPE_FAMILIES]
@@ -793,7 +798,8 @@ def generate_dataset(
     """
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(out_root), spec, category, index) for category in spec.categories for index in range(spec.per_class)]
+    shapes = spec.per_class + spec.extra_train
+    jobs = [(str(out_root), spec, category, index) for category in spec.categories for index in range(shapes)]
     results: Dict[Tuple[str, int], List[str]] = {}
     if workers > 1:
         context = multiprocessing.get_context("spawn")  # open3d/embree threads do not survive fork
@@ -811,8 +817,9 @@ def generate_dataset(
     test_count = max(1, int(round(spec.test_fraction * spec.per_class)))
     train, test = [], []
     for category in spec.categories:
-        for index in range(spec.per_class):
-            (test if index >= spec.per_class - test_count else train).extend(results[(category, index)])
+        for index in range(shapes):
+            is_test = spec.per_class - test_count <= index < spec.per_class
+            (test if is_test else train).extend(results[(category, index)])
     atomic_write_bytes(out_root / "train_list.txt", ("\n".join(train) + "\n").encode())
     atomic_write_bytes(out_root / "test_list.txt", ("\n".join(test) + "\n").encode())
     return {"train": len(train), "test": len(test)}

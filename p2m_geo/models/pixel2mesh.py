@@ -67,6 +67,12 @@ def depth_head_input_size(channels: Sequence[int], features: str = "coarsest") -
     return 2 * sum(channels)
 
 
+def coarsest_cells(feature_maps: Sequence[Tensor]) -> Tensor:
+    """The last map average-pooled to a ``DEPTH_HEAD_GRID``-square grid and flattened per image,
+    ``[B, C_last * 49]`` (cnn18's coarsest map at 224 px is 7 x 7 already: the map itself)."""
+    return nn.functional.adaptive_avg_pool2d(feature_maps[-1].float(), DEPTH_HEAD_GRID).flatten(1)
+
+
 def depth_head_inputs(feature_maps: Sequence[Tensor], features: str = "coarsest") -> Tensor:
     r"""What the depth head reads, per image: ``coarsest``: the spatial mean of the last map
     ``[B, C_last]``; ``spatial``: the last map itself, average-pooled to a
@@ -79,10 +85,17 @@ def depth_head_inputs(feature_maps: Sequence[Tensor], features: str = "coarsest"
     if features == "coarsest":
         return feature_maps[-1].float().mean(dim=(2, 3))
     if features == "spatial":
-        cells = nn.functional.adaptive_avg_pool2d(feature_maps[-1].float(), DEPTH_HEAD_GRID)
-        return cells.flatten(1) / DEPTH_HEAD_GRID**2
+        return coarsest_cells(feature_maps) / DEPTH_HEAD_GRID**2
     pooled = [torch.cat([fmap.float().mean(dim=(2, 3)), fmap.float().amax(dim=(2, 3))], dim=1) for fmap in feature_maps]
     return torch.cat(pooled, dim=1)
+
+
+def he_zero_bias_(layer: nn.Linear) -> nn.Linear:
+    """He (Kaiming-normal, for a ReLU after it) weights and a zero bias, in place, as the image
+    convolutions; for the layers that read the coarsest map's cells. Returns ``layer``."""
+    nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+    nn.init.zeros_(layer.bias)
+    return layer
 
 
 def bounded_depth_scale(raw: Tensor) -> Tensor:
@@ -139,11 +152,17 @@ class Pixel2Mesh(nn.Module):
     ellipsoid scaled about the camera centre, :math:`e^{0.5\tanh(2h)}\,\mathbf{P}_0`: every vertex
     keeps its pixel, the whole mesh moves in depth (and grows with it) before any offset. The
     head starts at zero (scale 1); ``config.depth_head_features: all`` feeds it the mean and the
-    maximum of every map instead, ``spatial`` the coarsest map cell by cell (:func:`depth_head_inputs`). Optional too
+    maximum of every map instead, ``spatial`` the coarsest map cell by cell (:func:`depth_head_inputs`);
+    ``config.depth_head_hidden`` :math:`H > 0` makes it an MLP, :math:`h = w^\top \operatorname{ReLU}(W
+    \operatorname{vec}(F^{(4)}_{7\times7}) + b)` with :math:`H` hidden units. Optional too
     (``config.depth_readout``): after each block, a linear readout of the mean of the block's
     hidden features :math:`\bar{\mathbf{h}}_k` scales its mesh the same way,
     :math:`\mathbf{P}_k = e^{0.5\tanh(2 r_k(\bar{\mathbf{h}}_k))}(\mathbf{P}_{k-1}^{\uparrow} + \Delta\mathbf{P}_k)`
-    (zero-initialised: scale 1).
+    (zero-initialised: scale 1). Optional too (``config.global_features`` :math:`G > 0`): a global
+    image code :math:`\mathbf{g} = \operatorname{ReLU}(W \operatorname{vec}(F^{(4)}_{7\times7}) + b)`
+    of :math:`G` features from the coarsest map's cells (:func:`coarsest_cells`), appended to
+    every vertex's sampled features in every block: the projection gives a vertex only the pixels
+    it falls on, the code the whole image (He-initialised, zero bias, as the image convolutions).
 
     Args:
         config (ModelConfig): architecture; the default is the 2018 PyTorch port's
@@ -168,7 +187,7 @@ class Pixel2Mesh(nn.Module):
                 filter_matrix = laplacian_smoothing_matrix(data.edge_index, data.num_nodes, config.offset_smoothing)
                 self.register_buffer(f"offset_filter_{level}", filter_matrix, persistent=False)
         self.encoder = build_encoder(config.backbone, config.encoder_width, config.backbone_weights, config.pretrained)
-        feature_dim = 3 + sum(self.encoder.channels)
+        feature_dim = 3 + sum(self.encoder.channels) + config.global_features
         self.projection = GraphProjection(config.image_size)
         self.unpooling = GraphUnpooling()
         self.blocks = nn.ModuleList(
@@ -183,6 +202,11 @@ class Pixel2Mesh(nn.Module):
         )
         self.image_decoder = ImageDecoder(self.encoder.channels) if config.image_branch else None
         head_inputs = depth_head_input_size(self.encoder.channels, config.depth_head_features)
+        self.depth_head_hidden_layer = (
+            nn.Linear(head_inputs, config.depth_head_hidden) if config.depth_head and config.depth_head_hidden else None
+        )
+        if self.depth_head_hidden_layer is not None:
+            head_inputs = config.depth_head_hidden
         self.depth_head = nn.Linear(head_inputs, 1) if config.depth_head else None
         if self.depth_head is not None:
             self._reset_depth_head()
@@ -191,6 +215,13 @@ class Pixel2Mesh(nn.Module):
         )
         if self.depth_readout is not None:
             self._reset_depth_readout()
+        self.global_code = (
+            nn.Linear(self.encoder.channels[-1] * DEPTH_HEAD_GRID**2, config.global_features)
+            if config.global_features > 0
+            else None
+        )
+        if self.global_code is not None:
+            he_zero_bias_(self.global_code)
         self._topology_cache: Dict[Tuple, Tuple[Batch, EdgeIndex]] = {}
         self.compiled = False
 
@@ -207,6 +238,8 @@ class Pixel2Mesh(nn.Module):
             self._reset_depth_head()
         if self.depth_readout is not None:
             self._reset_depth_readout()
+        if self.global_code is not None:
+            he_zero_bias_(self.global_code)
 
     def _reset_depth_readout(self) -> None:
         """Zero weights and biases: each block's scale starts at 1."""
@@ -219,14 +252,18 @@ class Pixel2Mesh(nn.Module):
         head's own weights still get gradients from the first step."""
         nn.init.zeros_(self.depth_head.weight)
         nn.init.zeros_(self.depth_head.bias)
+        if self.depth_head_hidden_layer is not None:
+            he_zero_bias_(self.depth_head_hidden_layer)
 
     def depth_scale(self, feature_maps: Sequence[Tensor]) -> Tensor:
         r"""Per-image scale :math:`e^{0.5 \tanh(2 h)}` of the starting ellipsoid (:func:`bounded_depth_scale`),
         :math:`h` the depth head's output on :func:`depth_head_inputs` of the encoder's maps (each
         ``[B,C,h,w]``) -> ``[B]``."""
-        return bounded_depth_scale(
-            self.depth_head(depth_head_inputs(feature_maps, self.config.depth_head_features)).squeeze(-1)
-        )
+        if self.depth_head_hidden_layer is None:
+            inputs = depth_head_inputs(feature_maps, self.config.depth_head_features)
+        else:  # the cells themselves (not / 49): the hidden layer is He-initialised for them
+            inputs = torch.relu(self.depth_head_hidden_layer(coarsest_cells(feature_maps)))
+        return bounded_depth_scale(self.depth_head(inputs).squeeze(-1))
 
     def compile_submodules(self, **compile_kwargs) -> "Pixel2Mesh":
         """``torch.compile`` the encoder, the image decoder and each deformation block, in
@@ -299,6 +336,9 @@ class Pixel2Mesh(nn.Module):
         # torch's CSR kernels have no bfloat16 path and do not trace: under autocast or
         # torch.compile aggregate by scatter over the plain edge_index instead
         use_csr = not (torch.is_autocast_enabled(images.device.type) or self.compiled)
+        global_code = None
+        if self.global_code is not None:
+            global_code = torch.relu(self.global_code(coarsest_cells(feature_maps).to(self.global_code.weight.dtype)))
         meshes, pos_before, conv_indices = [], [], []
         topology, conv_index = self._batched(0, batch_size)
         pos, hidden = topology.pos, None
@@ -317,6 +357,8 @@ class Pixel2Mesh(nn.Module):
                 features = self.projection(
                     pos, topology.batch, intrinsics, feature_maps, nodes_per_graph=pos.size(0) // batch_size
                 )
+            if global_code is not None:
+                features = torch.cat([features, global_code.to(features.dtype)[topology.batch]], dim=-1)
             if hidden is not None:
                 features = torch.cat([features, hidden], dim=-1)
             with record_function("p2m.gresnet"):
