@@ -652,6 +652,21 @@ def test_spatial_depth_head_weighs_each_cell_of_the_coarsest_map_by_where_it_is(
         torch.testing.assert_close(depth_head_inputs([coarsest]), depth_head_inputs([rolled]))
 
 
+def relu_units_of_cells_loop(coarsest: torch.Tensor, graph: int, weight: torch.Tensor, bias: torch.Tensor):
+    """``ReLU(W vec(cells) + b)`` of one graph's ``[C, 7, 7]`` map, written out unit by unit, channel
+    by channel, cell by cell (the flattening order: channel, then row, then column)."""
+    channels = coarsest.size(1)
+    units = []
+    for unit in range(weight.size(0)):
+        total = float(bias[unit])
+        for c in range(channels):
+            for row in range(7):
+                for col in range(7):
+                    total += float(coarsest[graph, c, row, col]) * float(weight[unit, (c * 7 + row) * 7 + col])
+        units.append(max(0.0, total))
+    return units
+
+
 def test_mlp_depth_head_reads_the_cells_through_one_relu_layer_and_starts_at_scale_one():
     torch.manual_seed(0)
     config = dataclasses.replace(
@@ -668,15 +683,8 @@ def test_mlp_depth_head_reads_the_cells_through_one_relu_layer_and_starts_at_sca
         model.depth_head.weight.copy_(output_weight)
         hidden_weight, hidden_bias = model.depth_head_hidden_layer.weight, model.depth_head_hidden_layer.bias
         for graph in range(2):  # written out: 6 ReLU units of the 7 x 7 x C cells, then the output weights
-            raw = 0.0
-            for unit in range(6):
-                total = float(hidden_bias[unit])
-                for c in range(channels):
-                    for row in range(7):
-                        for col in range(7):
-                            cell = float(coarsest[graph, c, row, col])
-                            total += cell * float(hidden_weight[unit, (c * 7 + row) * 7 + col])
-                raw += max(0.0, total) * float(output_weight[0, unit])
+            hidden = relu_units_of_cells_loop(coarsest, graph, hidden_weight, hidden_bias)
+            raw = sum(value * float(output_weight[0, unit]) for unit, value in enumerate(hidden))
             assert raw != 0.0
             start = model(images, intrinsics).pos_before[0].view(2, -1, 3)[graph]
             torch.testing.assert_close(start, model.pos_0 * math.exp(0.5 * math.tanh(2.0 * raw)), rtol=1e-4, atol=1e-6)
@@ -709,15 +717,7 @@ def test_global_code_appends_one_relu_code_of_the_coarsest_cells_to_every_vertex
     assert coarsest.shape[-2:] == (7, 7)
     weight, bias = model.global_code.weight.double(), model.global_code.bias.double()
     for graph in range(2):  # the code written out: per feature, a weight per channel and cell, then ReLU
-        code = []
-        for k in range(features):
-            total = float(bias[k])
-            for c in range(channels):
-                for row in range(7):
-                    for col in range(7):
-                        total += float(coarsest[graph, c, row, col]) * float(weight[k, (c * 7 + row) * 7 + col])
-            code.append(max(0.0, total))
-        expected = torch.tensor(code, dtype=torch.float32)
+        expected = torch.tensor(relu_units_of_cells_loop(coarsest, graph, weight, bias), dtype=torch.float32)
         assert 0 < int((expected > 0).sum()) < features  # the ReLU cut some and kept some
         for inputs in block_inputs:  # blocks 1, 2, 3
             appended = inputs.view(2, -1, inputs.size(-1))[graph, :, sampled : sampled + features]
