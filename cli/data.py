@@ -67,7 +67,7 @@ def synth(
     spec = SynthSpec(
         per_class=per_class, views=views, seed=seed, categories=names, version=int(version), extra_train=extra_train
     )
-    total = len(names) * (per_class + extra_train) * views
+    total = spec.num_views
     start = time.perf_counter()
     with tqdm(total=total, unit="view", desc="synth") as bar:
         counts = generate_dataset(out, spec, workers=workers, progress=bar.update)

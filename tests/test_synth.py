@@ -82,6 +82,7 @@ def test_extra_training_shapes_leave_the_test_views_byte_identical(generated, tm
     spec = SynthSpec(per_class=2, views=2, seed=7, categories=classes, extra_train=2)
     root = tmp_path / "extra"
     assert generate_dataset(root, spec, workers=1) == {"train": 2 * (1 + 2) * 2, "test": 2 * 1 * 2}
+    assert spec.num_views == 2 * (2 + 2) * 2
     train, test = read_file_list(root / "train_list.txt"), read_file_list(root / "test_list.txt")
     before_train = [r for r in read_file_list(generated / "train_list.txt") if r.category in classes]
     before_test = [r for r in read_file_list(generated / "test_list.txt") if r.category in classes]

@@ -89,7 +89,7 @@ def ensure_procedural_dataset(
             version=data.synth_version,
             extra_train=data.synth_extra_train,
         )
-        total = len(spec.categories) * (spec.per_class + spec.extra_train) * spec.views
+        total = spec.num_views
         log.info("generating the procedural dataset (%d views) into %s", total, root)
         generate_dataset(
             root, spec, workers=workers or os.cpu_count() or 1, progress=progress(total) if progress else None

@@ -718,6 +718,11 @@ class SynthSpec:
     version: int = 1
     extra_train: int = 0
 
+    @property
+    def num_views(self) -> int:
+        """Views the spec generates: every class's shapes (``per_class + extra_train``) x ``views``."""
+        return len(self.categories) * (self.per_class + self.extra_train) * self.views
+
     def __post_init__(self) -> None:
         if self.version not in DATASET_VERSIONS:
             raise ValueError(f"version: expected one of {', '.join(map(str, DATASET_VERSIONS))}, got {self.version!r}")
