@@ -719,9 +719,14 @@ class SynthSpec:
     extra_train: int = 0
 
     @property
+    def shapes_per_class(self) -> int:
+        """Shapes generated per class: ``per_class`` (training and test) + ``extra_train``."""
+        return self.per_class + self.extra_train
+
+    @property
     def num_views(self) -> int:
-        """Views the spec generates: every class's shapes (``per_class + extra_train``) x ``views``."""
-        return len(self.categories) * (self.per_class + self.extra_train) * self.views
+        """Views the spec generates: every class's :attr:`shapes_per_class` x ``views``."""
+        return len(self.categories) * self.shapes_per_class * self.views
 
     def __post_init__(self) -> None:
         if self.version not in DATASET_VERSIONS:
@@ -803,7 +808,7 @@ def generate_dataset(
     """
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
-    shapes = spec.per_class + spec.extra_train
+    shapes = spec.shapes_per_class
     jobs = [(str(out_root), spec, category, index) for category in spec.categories for index in range(shapes)]
     results: Dict[Tuple[str, int], List[str]] = {}
     if workers > 1:

@@ -216,7 +216,7 @@ class Pixel2Mesh(nn.Module):
         if self.depth_readout is not None:
             self._reset_depth_readout()
         self.global_code = (
-            nn.Linear(self.encoder.channels[-1] * DEPTH_HEAD_GRID**2, config.global_features)
+            nn.Linear(depth_head_input_size(self.encoder.channels, "spatial"), config.global_features)
             if config.global_features > 0
             else None
         )
