@@ -24,7 +24,7 @@ from p2m_geo.losses import P2MLoss, chamfer_distance
 from p2m_geo.nn import GraphProjection
 
 from test_losses import random_clouds, ref_chamfer
-from test_model import bilinear_reference, random_vertices, three_cameras
+from test_model import bilinear_reference, check_bf16_autocast_matches_float32, random_vertices, three_cameras
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU here")
 
@@ -135,23 +135,7 @@ def test_model_loss_and_gradients_on_cuda_match_the_cpu():
 
 def test_bf16_autocast_on_cuda_matches_float32_within_tolerance():
     """The tolerance stated for CPU autocast (vertices within 5e-3) holds on the GPU."""
-    from p2m_geo.nn.gresnet import glorot_zero_bias_
-
-    torch.manual_seed(0)
-    model = Pixel2Mesh(ModelConfig(encoder_width=0.25, hidden=32, num_residual=2)).to(CUDA).eval()
-    for block in model.blocks:  # offsets of ~0.1, a signal above the tolerance
-        glorot_zero_bias_(block.conv_out, gain=0.03)
-    images = torch.rand(3, 3, 224, 224, device=CUDA)
-    intrinsics = torch.stack([three_cameras(torch.float32)[i] for i in range(3)]).to(CUDA)
-    with torch.no_grad():
-        reference = model(images, intrinsics).meshes[2]
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            together = model(images, intrinsics).meshes[2]
-            alone = model(images[1:2], intrinsics[1:2]).meshes[2]
-    assert together.pos.dtype == torch.float32
-    assert (together.pos - reference.pos).abs().max() < 5e-3
-    assert (together.pos[together.batch == 1] - alone.pos).abs().max() < 5e-3
-    assert (reference.pos - model.pos_2.repeat(3, 1)).abs().max() > 2e-2
+    check_bf16_autocast_matches_float32(CUDA)
 
 
 def read_binary_ply(path: Path):

@@ -395,23 +395,28 @@ def test_backbone_weights_load_from_a_local_file(tmp_path):
         build_encoder("resnet50", weights_path=str(tmp_path / "bad.pt"))
 
 
-def test_bf16_autocast_matches_float32_within_tolerance():
+def check_bf16_autocast_matches_float32(device: torch.device) -> None:
     """Stated tolerance of the autocast mode: vertex positions within 5e-3 (camera-frame units,
     the mesh spans ~0.5) of float32, and batch equivalence within the same bound."""
     torch.manual_seed(0)
-    model = Pixel2Mesh(ModelConfig(encoder_width=0.25, hidden=32, num_residual=2)).eval()
+    model = Pixel2Mesh(ModelConfig(encoder_width=0.25, hidden=32, num_residual=2)).to(device).eval()
     for block in model.blocks:  # larger output layers: offsets of ~0.1, a signal above the tolerance
         glorot_zero_bias_(block.conv_out, gain=0.03)
-    images, intrinsics = torch.rand(3, 3, 224, 224), torch.stack([three_cameras(torch.float32)[i] for i in range(3)])
+    images = torch.rand(3, 3, 224, 224).to(device)
+    intrinsics = torch.stack([three_cameras(torch.float32)[i] for i in range(3)]).to(device)
     with torch.no_grad():
         reference = model(images, intrinsics).meshes[2]
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             together = model(images, intrinsics).meshes[2]
             alone = model(images[1:2], intrinsics[1:2]).meshes[2]
     assert together.pos.dtype == torch.float32
     assert (together.pos - reference.pos).abs().max() < 5e-3
     assert (together.pos[together.batch == 1] - alone.pos).abs().max() < 5e-3
     assert (reference.pos - model.pos_2.repeat(3, 1)).abs().max() > 2e-2  # the tolerance is below the signal
+
+
+def test_bf16_autocast_matches_float32_within_tolerance():
+    check_bf16_autocast_matches_float32(torch.device("cpu"))
 
 
 def test_amp_training_step_keeps_losses_in_float32():
