@@ -12,7 +12,7 @@ packed=$1; configs=$2; out=$3; seconds=$4; parallel=${5:-8}
 deadline=$(( $(date +%s) + seconds ))
 data=$out/data
 mkdir -p "$out/runs" "$out/evals" "$out/logs"
-[ -f "$data/test_list.txt" ] || python3 "$(dirname "$0")/pack_dataset.py" unpack "$packed" "$data"
+[ -f "$data/test_list.txt" ] || python3 "$(dirname "$0")/pack_dataset.py" unpack "$packed" "$data" || exit 1
 
 one() {
   local file=$1 name left start
