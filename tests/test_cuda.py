@@ -21,10 +21,12 @@ from p2m_geo import ModelConfig, Pixel2Mesh
 from p2m_geo.camera import default_intrinsics
 from p2m_geo.cli.main import cli
 from p2m_geo.losses import P2MLoss, chamfer_distance
-from p2m_geo.nn import GraphProjection
 
-from test_losses import random_clouds, ref_chamfer
-from test_model import bilinear_reference, check_bf16_autocast_matches_float32, random_vertices, three_cameras
+from test_losses import check_chamfer_matches_dense_reference, random_clouds
+from test_model import (
+    check_bf16_autocast_matches_float32,
+    check_projection_matches_per_vertex_loop,
+)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU here")
 
@@ -41,21 +43,8 @@ def _no_tf32():
 
 @pytest.mark.parametrize("search,chunk_bytes", [("matmul", None), ("matmul", 2000), ("auto", None)])
 def test_chamfer_on_cuda_matches_dense_reference(search, chunk_bytes):
-    xs, x, xb = random_clouds([40, 7, 120], seed=1)
-    ys, y, yb = random_clouds([90, 33, 15], seed=2)
-    result = chamfer_distance(
-        x.to(CUDA), xb.to(CUDA), y.to(CUDA), yb.to(CUDA), reduction="none", search=search, chunk_bytes=chunk_bytes
-    )
+    result = check_chamfer_matches_dense_reference(search, chunk_bytes, CUDA)
     assert result.x_to_y.is_cuda and result.x_nearest.is_cuda
-    x_off = y_off = 0
-    for b, (xi, yi) in enumerate(zip(xs, ys)):
-        d_xy, d_yx, nn_x, nn_y = ref_chamfer(xi.numpy(), yi.numpy())
-        assert result.x_to_y[b].item() == pytest.approx(d_xy, rel=1e-12)
-        assert result.y_to_x[b].item() == pytest.approx(d_yx, rel=1e-12)
-        np.testing.assert_array_equal(result.x_nearest[x_off : x_off + len(xi)].cpu().numpy() - y_off, nn_x)
-        np.testing.assert_array_equal(result.y_nearest[y_off : y_off + len(yi)].cpu().numpy() - x_off, nn_y)
-        x_off += len(xi)
-        y_off += len(yi)
 
 
 def test_chamfer_gradient_on_cuda_equals_the_cpu_gradient():
@@ -71,22 +60,9 @@ def test_chamfer_gradient_on_cuda_equals_the_cpu_gradient():
     assert grads[0].abs().sum() > 0
 
 
-def test_projection_on_cuda_matches_per_vertex_loop():
-    generator = torch.Generator().manual_seed(1)
-    sizes = [5, 9, 7]
-    pos = torch.cat([random_vertices(n, generator) for n in sizes])
-    batch = torch.repeat_interleave(torch.arange(3), torch.tensor(sizes))
-    maps = [torch.randn(3, c, s, s, generator=generator, dtype=torch.float64) for c, s in ((4, 56), (3, 28), (5, 7))]
-    intrinsics = three_cameras()
-    out = GraphProjection()(pos.to(CUDA), batch.to(CUDA), intrinsics.to(CUDA), [m.to(CUDA) for m in maps])
-    assert out.is_cuda
-    out = out.cpu()
-    for i in range(len(pos)):
-        x, y, z = pos[i].tolist()
-        k = intrinsics[batch[i]].numpy()
-        u, v = k[0, 0] * x / -z + k[0, 2], k[1, 1] * -y / -z + k[1, 2]
-        expected = [pos[i].numpy()] + [bilinear_reference(m[batch[i]].numpy(), u, v) for m in maps]
-        np.testing.assert_allclose(out[i].numpy(), np.concatenate(expected), rtol=1e-10, atol=1e-10)
+@pytest.mark.parametrize("sizes,nodes_per_graph", [([5, 9, 7], None), ([6, 6, 6], 6)], ids=["ragged", "equal-size"])
+def test_projection_on_cuda_matches_per_vertex_loop(sizes, nodes_per_graph):
+    assert check_projection_matches_per_vertex_loop(sizes, nodes_per_graph, CUDA).is_cuda
 
 
 def small_target(generator: torch.Generator) -> Batch:

@@ -133,20 +133,35 @@ def random_clouds(sizes, seed):
     return clouds, torch.cat(clouds), batch
 
 
-@pytest.mark.parametrize("search,chunk_bytes", [("matmul", None), ("matmul", 2000), ("kdtree", None)])
-def test_chamfer_matches_dense_reference(search, chunk_bytes):
+def check_chamfer_matches_dense_reference(search, chunk_bytes, device="cpu"):
+    """Per-graph means and nearest indices of both chamfer sides on ``device`` against the dense
+    float64 numpy reference; returns the result (on ``device``)."""
     xs, x, xb = random_clouds([40, 7, 120], seed=1)
     ys, y, yb = random_clouds([90, 33, 15], seed=2)
-    result = chamfer_distance(x, xb, y, yb, reduction="none", search=search, chunk_bytes=chunk_bytes)
+    result = chamfer_distance(
+        x.to(device),
+        xb.to(device),
+        y.to(device),
+        yb.to(device),
+        reduction="none",
+        search=search,
+        chunk_bytes=chunk_bytes,
+    )
     x_off = y_off = 0
     for b, (xi, yi) in enumerate(zip(xs, ys)):
         d_xy, d_yx, nn_x, nn_y = ref_chamfer(xi.numpy(), yi.numpy())
         assert result.x_to_y[b].item() == pytest.approx(d_xy, rel=1e-12)
         assert result.y_to_x[b].item() == pytest.approx(d_yx, rel=1e-12)
-        np.testing.assert_array_equal(result.x_nearest[x_off : x_off + len(xi)].numpy() - y_off, nn_x)
-        np.testing.assert_array_equal(result.y_nearest[y_off : y_off + len(yi)].numpy() - x_off, nn_y)
+        np.testing.assert_array_equal(result.x_nearest[x_off : x_off + len(xi)].cpu().numpy() - y_off, nn_x)
+        np.testing.assert_array_equal(result.y_nearest[y_off : y_off + len(yi)].cpu().numpy() - x_off, nn_y)
         x_off += len(xi)
         y_off += len(yi)
+    return result
+
+
+@pytest.mark.parametrize("search,chunk_bytes", [("matmul", None), ("matmul", 2000), ("kdtree", None)])
+def test_chamfer_matches_dense_reference(search, chunk_bytes):
+    check_chamfer_matches_dense_reference(search, chunk_bytes)
 
 
 def test_chamfer_on_real_shapenet_points(levels, shared_data):

@@ -57,8 +57,9 @@ def random_vertices(count: int, generator: torch.Generator) -> torch.Tensor:
     return torch.cat([xy, z], dim=1)
 
 
-@pytest.mark.parametrize("sizes,nodes_per_graph", [([5, 9, 7], None), ([6, 6, 6], 6)], ids=["ragged", "equal-size"])
-def test_projection_matches_per_vertex_loop(sizes, nodes_per_graph):
+def check_projection_matches_per_vertex_loop(sizes, nodes_per_graph, device="cpu") -> torch.Tensor:
+    """Features sampled on ``device`` (float64) against a per-vertex loop of the pinhole projection
+    and :func:`bilinear_reference`; returns the projection's output (on ``device``)."""
     generator = torch.Generator().manual_seed(1)
     pos = torch.cat([random_vertices(n, generator) for n in sizes])
     pos[0] = torch.tensor([5.0, 5.0, -1.0], dtype=torch.float64)  # far outside: border clamp
@@ -68,7 +69,13 @@ def test_projection_matches_per_vertex_loop(sizes, nodes_per_graph):
         for c, s in ((4, 56), (3, 28), (2, 14), (5, 7))
     ]
     intrinsics = three_cameras()
-    out = GraphProjection()(pos, batch, intrinsics, maps, nodes_per_graph=nodes_per_graph)
+    out = GraphProjection()(
+        pos.to(device),
+        batch.to(device),
+        intrinsics.to(device),
+        [m.to(device) for m in maps],
+        nodes_per_graph=nodes_per_graph,
+    )
     assert out.shape == (sum(sizes), 3 + 4 + 3 + 2 + 5)
     for i in range(len(pos)):
         x, y, z = pos[i].tolist()
@@ -76,7 +83,13 @@ def test_projection_matches_per_vertex_loop(sizes, nodes_per_graph):
         u = k[0, 0] * x / -z + k[0, 2]
         v = k[1, 1] * -y / -z + k[1, 2]
         expected = [pos[i].numpy()] + [bilinear_reference(m[batch[i]].numpy(), u, v) for m in maps]
-        np.testing.assert_allclose(out[i].numpy(), np.concatenate(expected), rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(out[i].cpu().numpy(), np.concatenate(expected), rtol=1e-10, atol=1e-10)
+    return out
+
+
+@pytest.mark.parametrize("sizes,nodes_per_graph", [([5, 9, 7], None), ([6, 6, 6], 6)], ids=["ragged", "equal-size"])
+def test_projection_matches_per_vertex_loop(sizes, nodes_per_graph):
+    check_projection_matches_per_vertex_loop(sizes, nodes_per_graph)
 
 
 def test_projection_gradient_wrt_pos_matches_finite_differences():
