@@ -280,3 +280,33 @@ def test_the_depth_term_needs_the_depth_head():
     with pytest.raises(ConfigError, match=r"^loss.depth: expected 0 without model.depth_head .*got 0.5$"):
         from_dict(Config, {"loss": {"depth": 0.5}})
     assert from_dict(Config, {"model": {"depth_head": True}, "loss": {"depth": 0.5}}).loss.depth == 0.5
+
+
+#: cpu-quick's schedule for rounds 7-15 (and the README's default runs until round 16)
+CPU_QUICK_SCHEDULE_BEFORE_ROUND_16 = {"epochs": 10, "lr_milestones": (8,), "lr": 5e-4}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in variant_configs_of_rounds(7, 15) if p.stem != "fnc-0-cpu-long"],
+    ids=lambda p: f"{p.parent.name}/{p.stem}",
+)
+def test_variant_configs_of_rounds_7_to_15_pin_the_schedule_they_ran_with(path):
+    """Round 16 made cpu-quick 11 epochs at lr 7e-4 (x0.3 after 9). The files of rounds 7-15 (the
+    cpu-long one aside) state epochs, milestones and lr themselves, so that the preset plus the file
+    is still the run of their README rows; what a file does not change on purpose is the old schedule."""
+    changes, config = variant_over_cpu_quick(path)
+    assert {"epochs", "lr_milestones", "lr"} <= set(changes["train"]), "the file must pin the schedule"
+    for key, old in CPU_QUICK_SCHEDULE_BEFORE_ROUND_16.items():
+        value = getattr(config.train, key)
+        value = tuple(value) if isinstance(value, (list, tuple)) else value
+        before_round_7 = CPU_QUICK_BEFORE_ROUND_7.get(key)  # round 7's rows on the older network
+        if value not in (old, before_round_7):  # a row that changed this on purpose says so in its name
+            assert any(word in path.stem for word in ("epochs", "lr", "cosine", "extra", "batch")), (path.stem, key)
+
+
+def test_cpu_quick_trains_11_epochs_at_lr_7e_4_since_round_16():
+    from p2m_geo.config import preset_dict
+
+    train = from_dict(Config, preset_dict("cpu-quick")).train
+    assert (train.epochs, tuple(train.lr_milestones), train.lr) == (11, (9,), 7e-4)
