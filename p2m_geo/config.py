@@ -243,6 +243,9 @@ class TrainConfig:
     #: extractor; no encoder backward, so faster steps); the G-ResNet and projection still train
     freeze_encoder: bool = False
     gt_points: int = 0  #: > 0: the loss sees a fresh random subset of this many GT points per sample each step
+    #: probability that a training view is mirrored left to right in a step (image, camera and GT
+    #: together, :func:`p2m_geo.data.shapenet.mirror_left_right`; 0: never)
+    mirror_probability: float = 0.0
     image_branch_epochs: int = 1  #: epochs the image branch trains for, when the model has one (0 disables it)
     workers: int = 2  #: DataLoader worker processes
     seed: int = 0
@@ -275,6 +278,7 @@ class TrainConfig:
                 "encoder_weight_decay": (lambda v: v >= 0, "a number >= 0"),
                 "lr_gamma": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
                 "ema_decay": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+                "mirror_probability": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
                 "lr_milestones": (lambda v: all(m >= 1 for m in v), "epochs >= 1"),
                 "gt_points": nonnegative,
                 "image_branch_epochs": nonnegative,

@@ -95,7 +95,13 @@ def _run_training(config: Config, run_dir: Path, resume: bool, quiet: bool, ctx:
     ctx.barrier()
     if config.train.compile:
         model.compile_submodules()
-    trained: nn.Module = ModelWithLoss(model, loss_fn, amp=config.train.amp, gt_points=config.train.gt_points)
+    trained: nn.Module = ModelWithLoss(
+        model,
+        loss_fn,
+        amp=config.train.amp,
+        gt_points=config.train.gt_points,
+        mirror_probability=config.train.mirror_probability,
+    )
     if ctx.enabled:
         # The image decoder is used in the first epoch(s) only, hence find_unused_parameters.
         trained = nn.parallel.DistributedDataParallel(

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from p2m_geo.config import TrainConfig
-from p2m_geo.data.shapenet import subsample_target
+from p2m_geo.data.shapenet import mirror_left_right, subsample_target
 from p2m_geo.losses import P2MLoss
 from p2m_geo.models import Pixel2Mesh
 from p2m_geo.runtime import DistributedContext
@@ -58,14 +58,24 @@ class ModelWithLoss(nn.Module):
     """Forward pass plus loss in one module, so DDP sees the loss and finds every used parameter
     (its output search does not look inside PyG ``Batch`` objects)."""
 
-    def __init__(self, model: Pixel2Mesh, loss_fn: P2MLoss, amp: bool = False, gt_points: int = 0) -> None:
+    def __init__(
+        self,
+        model: Pixel2Mesh,
+        loss_fn: P2MLoss,
+        amp: bool = False,
+        gt_points: int = 0,
+        mirror_probability: float = 0.0,
+    ) -> None:
         super().__init__()
         self.model = model
         self.loss_fn = loss_fn
         self.amp = amp
         self.gt_points = gt_points
+        self.mirror_probability = mirror_probability
 
     def forward(self, batch, use_image_branch: bool):
+        if self.training and self.mirror_probability > 0:  # no draw at all when off: runs stay as they were
+            batch = mirror_left_right(batch, torch.rand(len(batch)) < self.mirror_probability)
         device_type = batch.images.device.type
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.amp):
             output = self.model(batch.images, batch.intrinsics, reconstruct_image=use_image_branch)

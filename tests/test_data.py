@@ -25,6 +25,7 @@ from p2m_geo.data import (
     load_image,
     read_file_list,
 )
+from p2m_geo.data.shapenet import mirror_left_right
 
 SAMPLE_LINES = [f"shapenet_p2m/sample_abcd/rendering/{v:02d}.dat" for v in range(5)]
 
@@ -199,6 +200,64 @@ def test_collate_graphs_of_different_sizes():
     batch = collate_samples(items)
     assert batch.target.batch.tolist() == [0] * 5 + [1] * 9 + [2] * 2
     torch.testing.assert_close(batch.target.normal[5:14], items[1]["normals"])
+
+
+def splat_points(points: np.ndarray, fx: float, fy: float, cx: float, cy: float, size: int = 224) -> np.ndarray:
+    """A size x size mask with the pixel each point projects to set, one point at a time
+    (pinhole looking down -Z, y up; pixel u's centre at u)."""
+    mask = np.zeros((size, size), dtype=bool)
+    for x, y, z in points:
+        u, v = round(fx * x / -z + cx), round(fy * -y / -z + cy)
+        if 0 <= u < size and 0 <= v < size:
+            mask[v, u] = True
+    return mask
+
+
+def test_mirror_left_right_is_the_rendering_of_the_mirrored_shape():
+    generator = torch.Generator().manual_seed(0)
+    clouds = [
+        torch.randn(n, 3, generator=generator, dtype=torch.float64) * 0.1 + torch.tensor([0.05, 0.0, -0.8])
+        for n in (300, 200)
+    ]
+    # an off-centre camera per view (so a mirror that forgot the principal point would show)
+    cameras = [(250.0, 240.0, 96.0, 120.0), (248.0, 248.0, 111.5, 111.5)]
+    images = torch.stack(
+        [torch.from_numpy(splat_points(c.numpy(), *cam)).double().expand(3, -1, -1) for c, cam in zip(clouds, cameras)]
+    )
+    intrinsics = torch.tensor(
+        [[[fx, 0, cx], [0, fy, cy], [0, 0, 1]] for fx, fy, cx, cy in cameras], dtype=torch.float64
+    )
+    items = [
+        {
+            "image": images[i],
+            "points": clouds[i],
+            "normals": torch.nn.functional.normalize(clouds[i], dim=1),
+            "intrinsics": intrinsics[i],
+            "category": "x",
+            "name": str(i),
+        }
+        for i in range(2)
+    ]
+    batch = collate_samples(items)
+    mirrored = mirror_left_right(batch, torch.tensor([True, False]))
+    # view 0: the mirrored image is the splat of the mirrored cloud through the mirrored camera
+    fx, fy, cx, cy = (float(mirrored.intrinsics[0][i, j]) for i, j in ((0, 0), (1, 1), (0, 2), (1, 2)))
+    assert cx == 223 - 96.0 and (fx, fy, cy) == (250.0, 240.0, 120.0)
+    expected = splat_points(mirrored.target.pos[:300].numpy(), fx, fy, cx, cy)
+    assert expected.sum() > 100
+    np.testing.assert_array_equal(mirrored.images[0, 0].numpy().astype(bool), expected)
+    np.testing.assert_array_equal(mirrored.images[0].numpy(), images[0].numpy()[:, :, ::-1])
+    source = clouds[0].numpy()
+    np.testing.assert_array_equal(mirrored.target.pos[:300].numpy(), source * [-1, 1, 1])
+    np.testing.assert_array_equal(mirrored.target.normal[:300].numpy(), items[0]["normals"].numpy() * [-1, 1, 1])
+    # view 1 and the input batch are untouched
+    torch.testing.assert_close(mirrored.images[1], images[1], rtol=0, atol=0)
+    torch.testing.assert_close(mirrored.target.pos[300:], clouds[1], rtol=0, atol=0)
+    torch.testing.assert_close(mirrored.intrinsics[1], intrinsics[1], rtol=0, atol=0)
+    torch.testing.assert_close(batch.target.pos[:300], clouds[0], rtol=0, atol=0)
+    torch.testing.assert_close(batch.intrinsics, intrinsics, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="mirrored: expected a \\[2\\] bool tensor"):
+        mirror_left_right(batch, torch.tensor([True]))
 
 
 # ---------------------------------------------------------------------------- R2N2 convert

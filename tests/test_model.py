@@ -450,6 +450,39 @@ def test_amp_training_step_keeps_losses_in_float32():
     assert model.blocks[2].conv_out.lin_rel.weight.grad.abs().sum() > 0
 
 
+def test_training_step_mirrors_views_with_the_configured_probability():
+    """``train.mirror_probability``: 1 trains on every view mirrored (the loss equals the loss of
+    the mirrored batch, and differs from the unmirrored one), 0 draws no random number."""
+    from p2m_geo.data import collate_samples
+    from p2m_geo.data.shapenet import mirror_left_right
+    from p2m_geo.losses import P2MLoss
+    from p2m_geo.training import ModelWithLoss
+
+    model = Pixel2Mesh(SMALL)
+    items = [
+        {
+            "image": torch.rand(3, 224, 224),
+            "points": torch.randn(200, 3) * 0.2 + torch.tensor([0.1, 0.05, -0.8]),
+            "normals": torch.randn(200, 3),
+            "intrinsics": default_intrinsics(1)[0],
+            "category": "x",
+            "name": str(i),
+        }
+        for i in range(2)
+    ]
+    batch = collate_samples(items)
+    plain = ModelWithLoss(model, P2MLoss()).train()
+    always = ModelWithLoss(model, P2MLoss(), mirror_probability=1.0).train()
+    expected, _ = plain(mirror_left_right(batch, torch.tensor([True, True])), use_image_branch=False)
+    unmirrored, _ = plain(batch, use_image_branch=False)
+    total, _ = always(batch, use_image_branch=False)
+    torch.testing.assert_close(total, expected)
+    assert not torch.allclose(total, unmirrored)
+    state = torch.random.get_rng_state()
+    plain(batch, use_image_branch=False)
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
 @pytest.mark.slow
 def test_compiled_model_matches_eager_and_keeps_batch_equivalence():
     """``train.compile``: same meshes and gradients as eager (float32 rounding), and a graph's

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gzip
 import logging
 import os
@@ -27,6 +28,7 @@ __all__ = [
     "read_file_list",
     "spread_indices",
     "subsample_target",
+    "mirror_left_right",
     "ShapeNetP2M",
     "SampleBatch",
     "collate_samples",
@@ -258,6 +260,36 @@ def subsample_target(target: Batch, count: int, generator: Optional[torch.Genera
             [target.ptr.new_zeros(1), torch.bincount(target.batch[chosen], minlength=target.num_graphs).cumsum(0)]
         ),
     )
+
+
+def mirror_left_right(batch: SampleBatch, mirrored: Tensor) -> SampleBatch:
+    r"""Mirror the views where ``mirrored`` is True left to right: the image's columns reversed,
+    the GT cloud's :math:`x` (points and normals) negated, the camera's principal point moved to
+    :math:`c_x' = W - 1 - c_x`.
+
+    With the pinhole :math:`u = f X / (-Z) + c_x` and pixel :math:`u` of a :math:`W`-wide image
+    going to :math:`W - 1 - u`, the mirrored image is exactly the rendering of the mirrored
+    shape (:math:`X \to -X`) by the mirrored camera (ShapeNet's :math:`c_x = 111.5` on 224 px
+    stays where it is), so a mirrored view is a new, consistent training sample.
+
+    Args:
+        batch: a collated batch (unchanged; a new one is returned).
+        mirrored: ``[B]`` bool, which views to mirror.
+    """
+    if mirrored.shape != (len(batch),):
+        raise ValueError(f"mirrored: expected a [{len(batch)}] bool tensor, got shape {tuple(mirrored.shape)}")
+    mirrored = mirrored.to(batch.images.device)
+    width = batch.images.size(-1)
+    images = torch.where(mirrored.view(-1, 1, 1, 1), batch.images.flip(-1), batch.images)
+    intrinsics = batch.intrinsics.clone()
+    intrinsics[mirrored, 0, 2] = (width - 1) - intrinsics[mirrored, 0, 2]
+    sign = torch.ones(3, dtype=batch.target.pos.dtype, device=batch.target.pos.device)
+    sign[0] = -1.0
+    per_point = torch.where(mirrored[batch.target.batch].unsqueeze(1), sign, torch.ones_like(sign))
+    target = copy.copy(batch.target)
+    target.pos = batch.target.pos * per_point
+    target.normal = batch.target.normal * per_point
+    return SampleBatch(images, intrinsics, target, batch.categories, batch.names)
 
 
 def collate_samples(items: Sequence[Dict[str, object]]) -> SampleBatch:
