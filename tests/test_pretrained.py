@@ -42,8 +42,8 @@ def test_predict_without_checkpoint_or_runs_uses_the_bundled_model(tmp_path, sha
 @torch.no_grad()
 def test_bundled_model_reconstructs_real_objects_better_than_from_a_blank_image(shared_data, tmp_path):
     """The real car (24 R2N2 views, converted) and the real biplane (5 ShapeNetP2M views):
-    lower CD and higher F@tau than the same model fed white images (README: car 23.1 vs 10.9,
-    biplane 18.6 vs 7.2)."""
+    lower CD and higher F@tau than the same model fed white images (README: car 32.2 vs 11.2,
+    biplane 15.8 vs 9.8)."""
     from p2m_geo.data import ShapeNetP2M, collate_samples
     from p2m_geo.data.r2n2 import convert_r2n2
 
