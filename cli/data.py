@@ -36,10 +36,11 @@ def data() -> None:
 @click.option(
     "--version",
     "version",
-    type=click.Choice(["1", "2"]),
+    type=click.Choice(["1", "2", "3"]),
     default="2",
     show_default=True,
-    help="Dataset version: 2 = curved shapes, palette colours, textures, random lighting; 1 = flat-shaded primitives.",
+    help="Dataset version: 2 = curved shapes, palette colours, textures, random lighting; 1 = flat-shaded primitives;"
+    " 3 = version 1 with biplanes among the airplanes.",
 )
 @click.option(
     "--contact-sheet",

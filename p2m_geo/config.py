@@ -306,7 +306,8 @@ class DataConfig:
     synth_views: int = 4  #: procedural dataset: views per shape
     synth_seed: int = 0
     #: procedural dataset version: 1 flat-shaded primitives, 2 curved shapes with palette
-    #: colours, textures and random lighting (:mod:`p2m_geo.data.synth`)
+    #: colours, textures and random lighting, 3 version 1 with biplanes among the airplanes
+    #: (:mod:`p2m_geo.data.synth`)
     synth_version: int = 1
     #: procedural dataset: this many more training shapes per class, generated after the
     #: ``synth_per_class`` ones; the test (validation) views stay those of ``synth_per_class`` alone
@@ -320,7 +321,7 @@ class DataConfig:
             {
                 "synth_per_class": (lambda v: v >= 2, "an integer >= 2"),
                 "synth_views": (lambda v: 1 <= v <= 24, "an integer from 1 to 24"),
-                "synth_version": (lambda v: v in (1, 2), "1 or 2"),
+                "synth_version": (lambda v: v in (1, 2, 3), "1, 2 or 3"),
                 "synth_extra_train": (lambda v: v >= 0, "an integer >= 0"),
             },
         )

@@ -232,3 +232,67 @@ def test_pattern_and_shading_against_formulas():
     np.testing.assert_allclose(
         colour, np.clip(np.array([[0.5, 0.4, 0.3]]) * (0.2 + 0.6 * np.cos(0.3)) + 0.3 * half_cos**10, 0, 1), rtol=1e-12
     )
+
+
+# ----------------------------------------------------------------------------- version 3
+def _airplane_heights(version: int, count: int) -> np.ndarray:
+    """Height (y extent) of the first ``count`` seed-0 airplanes, as the generator draws them."""
+    from p2m_geo.data.synth import build_shape_parts
+
+    heights = []
+    for index in range(count):
+        vertices, _, _ = build_shape_parts("airplane", np.random.default_rng([0, 0, index]), version=version)
+        heights.append(np.ptp(vertices[:, 1]))
+    return np.array(heights)
+
+
+def test_version_3_adds_biplanes_as_tall_as_the_real_one(shared_data):
+    """Version 1's airplanes are all flatter than the real ShapeNet biplane in ``../shared``
+    (height over bounding-box diagonal, measured here in its object frame); version 3 keeps
+    version 1's airplanes and adds biplanes (about a quarter) that cover its height."""
+    import pickle
+
+    from p2m_geo.data.camera_r2n2 import points_to_object, view_rotation_and_position
+
+    rendering = shared_data / "shapenet_p2m" / "sample_abcd" / "rendering"
+    azimuth, elevation, _, distance, _ = np.loadtxt(rendering / "rendering_metadata.txt")[0]
+    with open(rendering / "00.dat", "rb") as handle:
+        cloud = pickle.load(handle, encoding="latin1")
+    real = points_to_object(cloud[:, :3], *view_rotation_and_position(azimuth, elevation, distance))
+    extent = np.ptp(real, axis=0)
+    real_height = extent[1] / np.linalg.norm(extent)
+    assert 0.3 < real_height < 0.4
+    version_1, version_3 = _airplane_heights(1, 48), _airplane_heights(3, 48)
+    assert version_1.max() < real_height - 0.05
+    tall = version_3 > version_1.max()
+    assert 0.1 < tall.mean() < 0.4
+    assert version_3[tall].min() < real_height < version_3[tall].max() + 0.02
+
+
+def test_version_3_is_version_1_outside_the_airplanes(tmp_path):
+    spec = dict(per_class=2, views=1, seed=7, categories=("chair", "airplane"))
+    generate_dataset(tmp_path / "v1", SynthSpec(**spec), workers=1)
+    generate_dataset(tmp_path / "v3", SynthSpec(**spec, version=3), workers=1)
+
+    def files(root: Path, synset: str) -> list:
+        return [p.read_bytes() for p in sorted(root.glob(f"{synset}/*/rendering/*")) if p.suffix in (".png", ".dat")]
+
+    assert files(tmp_path / "v1", "03001627") == files(tmp_path / "v3", "03001627")  # chairs
+    assert len(files(tmp_path / "v3", "02691156")) == 4  # airplanes: 2 shapes x 1 view, png + dat
+    v1_ids = {p.name for p in (tmp_path / "v1" / "02691156").iterdir()}
+    assert v1_ids.isdisjoint(p.name for p in (tmp_path / "v3" / "02691156").iterdir())
+
+
+def test_version_3_biplanes_normalised_and_closed_parts():
+    from p2m_geo.data.synth import _biplane, build_shape_parts
+
+    vertices, triangles, parts = build_shape_parts("airplane", np.random.default_rng(5), version=3)
+    assert np.linalg.norm(np.ptp(vertices, axis=0)) == pytest.approx(1.0, abs=1e-9)
+    for seed in range(3):
+        pieces = _biplane(np.random.default_rng(seed))
+        # fuselage, nose, tail cone, 2 wings, fin, stabiliser, propeller, 4 struts, 2 x (leg, wheel)
+        assert len(pieces) == 16
+        for piece in pieces:  # every part encloses a positive volume (outward faces)
+            v, t = np.asarray(piece.vertices), np.asarray(piece.triangles)
+            a, b, c = (v[t[:, k]] for k in range(3))
+            assert np.einsum("ij,ij->i", a, np.cross(b, c)).sum() > 0

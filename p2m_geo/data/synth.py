@@ -14,8 +14,8 @@ Output layout (same as ShapeNetP2M)::
     OUT/<synset>/<model>/rendering/{00..}.png, {00..}.dat, rendering_metadata.txt
     OUT/train_list.txt, OUT/test_list.txt   (split by shape)
 
-Deterministic: model ``i`` of class ``k`` draws from ``numpy.random.default_rng([seed, k, i])``,
-so the bytes do not depend on the number of worker processes.
+Deterministic: model ``i`` of class ``k`` draws from ``numpy.random.default_rng([seed, k, i])``
+(version 2 from ``[seed, k, i, 2]``), so the bytes do not depend on the number of worker processes.
 """
 
 from __future__ import annotations
@@ -73,6 +73,8 @@ def _axis_rotation(axis: str) -> np.ndarray:
         return np.array([[0.0, 0, 1], [0, 1, 0], [-1, 0, 0]])
     if axis == "-y":
         return np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]])
+    if axis == "-z":  # rotate 180 deg about x
+        return np.array([[1.0, 0, 0], [0, -1, 0], [0, 0, -1]])
     raise ValueError(axis)
 
 
@@ -129,6 +131,43 @@ def _airplane(rng):
         for side in (-1, 1):
             parts.append(cylinder(radius * 0.45, chord * 0.9, (side * span * 0.25, -radius, wing_z + 0.02), "z"))
     return parts
+
+
+def _biplane(rng):
+    """Two stacked straight wings joined by struts, a short fuselage with a propeller disc and
+    wheels: taller for its length than :func:`_airplane` (height 0.27-0.35 of the diagonal
+    against 0.16-0.23 there)."""
+    length, radius = rng.uniform(0.75, 1.0), rng.uniform(0.06, 0.09)
+    span, chord, thickness = rng.uniform(0.85, 1.15), rng.uniform(0.17, 0.26), rng.uniform(0.02, 0.035)
+    gap, stagger = rng.uniform(0.2, 0.34), rng.uniform(0.0, 0.08)
+    wing_z = length / 2 - chord / 2 - rng.uniform(0.1, 0.2)
+    lower_y, upper_y = -radius * rng.uniform(0.3, 0.9), radius + gap - radius * 0.5
+    nose = length / 2
+    parts = [
+        cylinder(radius, length, (0, 0, 0), "z"),
+        cone(radius, rng.uniform(0.05, 0.1), (0, 0, nose), "z"),
+        cone(radius * 0.9, rng.uniform(0.15, 0.3), (0, 0, -length / 2), "-z"),
+        box((span, thickness, chord), (0, lower_y, wing_z)),
+        box((span * rng.uniform(0.9, 1.05), thickness, chord), (0, upper_y, wing_z + stagger)),
+        box((0.02, rng.uniform(0.1, 0.18), chord * 0.6), (0, radius + 0.05, -length / 2 + chord * 0.3)),
+        box((span * rng.uniform(0.25, 0.35), 0.015, chord * 0.5), (0, 0, -length / 2 + chord * 0.25)),
+        cylinder(rng.uniform(0.1, 0.16), 0.01, (0, 0, nose + 0.02), "z"),  # propeller disc
+    ]
+    strut_height = upper_y - lower_y
+    for side in (-1, 1):  # one strut pair per side: leading and trailing edge
+        for edge in (-1, 1):
+            x, z = side * span * rng.uniform(0.3, 0.4), wing_z + stagger / 2 + edge * chord * 0.35
+            parts.append(cylinder(0.008, strut_height, (x, (upper_y + lower_y) / 2, z), "y"))
+    wheel, leg = rng.uniform(0.04, 0.06), rng.uniform(0.08, 0.14)
+    for side in (-1, 1):  # landing gear under the lower wing
+        parts.append(cylinder(0.01, leg, (side * 0.1, lower_y - leg / 2, wing_z + chord * 0.3), "y"))
+        parts.append(cylinder(wheel, 0.03, (side * 0.1, lower_y - leg, wing_z + chord * 0.3), "x"))
+    return parts
+
+
+def _airplane_v3(rng):
+    """Version 3's airplanes: a quarter biplanes (:func:`_biplane`), the rest :func:`_airplane`."""
+    return _biplane(rng) if rng.random() < 0.25 else _airplane(rng)
 
 
 def _bench(rng):
@@ -620,7 +659,11 @@ SHAPE_FAMILIES_V2: Dict[str, Callable] = {
     "rifle": _rifle_v2,
     "watercraft": _watercraft_v2,
 }
-DATASET_VERSIONS = (1, 2)
+#: Version 3 is version 1 (the same flat-shaded families and random streams: every other class's
+#: views are byte for byte version 1's) with biplanes among the airplanes.
+SHAPE_FAMILIES_V3: Dict[str, Callable] = {**SHAPE_FAMILIES, "airplane": _airplane_v3}
+FAMILIES_BY_VERSION: Dict[int, Dict[str, Callable]] = {1: SHAPE_FAMILIES, 2: SHAPE_FAMILIES_V2, 3: SHAPE_FAMILIES_V3}
+DATASET_VERSIONS = tuple(FAMILIES_BY_VERSION)
 
 
 def build_shape_parts(
@@ -630,7 +673,7 @@ def build_shape_parts(
     instance, normalised like ShapeNet (bounding box centred at the origin, diagonal 1)."""
     if category not in SHAPE_FAMILIES:
         raise ValueError(f"category: expected one of {', '.join(CATEGORIES)}, got {category!r}")
-    families = SHAPE_FAMILIES if version == 1 else SHAPE_FAMILIES_V2
+    families = FAMILIES_BY_VERSION[version]
     vertices, triangles, face_part, offset = [], [], [], 0
     for index, part in enumerate(families[category](rng)):
         v = np.asarray(part.vertices, dtype=np.float64)
@@ -714,7 +757,8 @@ class SynthSpec:
     test_fraction: float = 0.2
     categories: Tuple[str, ...] = tuple(CATEGORIES)
     #: 1: flat-shaded single-colour primitives (the original embedded set); 2: curved/tapered
-    #: shapes, per-part palette colours and procedural textures, random Blinn-Phong lighting
+    #: shapes, per-part palette colours and procedural textures, random Blinn-Phong lighting; 3: version
+    #: 1 with a quarter of the airplanes biplanes (the other classes' views are version 1's)
     version: int = 1
     extra_train: int = 0
 
@@ -760,13 +804,14 @@ def generate_model(out_root: str, spec: SynthSpec, category: str, index: int) ->
 
     from p2m_geo.data.appearance import part_materials, random_lighting
 
-    if spec.version == 1:
+    flat_shaded = spec.version in (1, 3)  # version 3 renders and draws as version 1
+    if flat_shaded:
         rng = np.random.default_rng([spec.seed, CATEGORIES.index(category), index])
-    else:  # a separate stream per version: version 1's bytes stay as they were
+    else:  # a separate stream: version 1's bytes stay as they were
         rng = np.random.default_rng([spec.seed, CATEGORIES.index(category), index, spec.version])
     vertices, triangles, face_part = build_shape_parts(category, rng, spec.version)
     points, normals = sample_surface(vertices, triangles, GT_POINTS, rng)
-    if spec.version == 1:
+    if flat_shaded:
         colour = _random_colour(rng)
     else:
         materials = part_materials(rng, int(face_part.max()) + 1)
@@ -778,7 +823,7 @@ def generate_model(out_root: str, spec: SynthSpec, category: str, index: int) ->
         azimuth, elevation, distance = rng.uniform(0, 360), rng.uniform(25, 30), rng.uniform(0.65, 0.95)
         rotation, position = view_rotation_and_position(azimuth, elevation, distance)
         to_camera = functools.partial(points_to_camera, rotation=rotation, position=position)
-        if spec.version == 1:
+        if flat_shaded:
             image = render_view(to_camera(vertices), triangles, colour)
         else:
             to_object = functools.partial(points_to_object, rotation=rotation, position=position)
