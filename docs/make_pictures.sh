@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(mktemp -d "${TMPDIR:-/tmp}/p2m_pictures_XXXXXX")
 trap 'rm -rf "$out"' EXIT
-.venv/bin/p2m-geo predict ../shared/data/examples/*.png -o "$out" --model lite0-depth-synth1 \
+.venv/bin/p2m-geo predict ../shared/data/examples/*.png -o "$out" --model lite0-depth-synth3 \
   --preview docs/bundled_examples.png
 .venv/bin/p2m-geo data mesh-quality "$out"/*.ply

@@ -70,9 +70,11 @@ PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
     # The bundled models' base: the ImageNet-pretrained EfficientNet-Lite0 encoder ([pretrained] extra)
     # on the procedural set, version 1: trained the same way on version 2 it scored lower on the real
     # car and biplane (README). ~25 min alone on 2 cores. The bundled model
-    # (p2m_geo/pretrained/lite0-depth-synth1.pt, since round 17) is this preset with
-    # benchmarks/variant_configs/bundled/lite0-depth.yaml (the depth head and readouts): real car F@tau
-    # 32.2 against 23.1 without them (lite0-synth1, bundled until round 17), biplane 15.8 against 18.6.
+    # (p2m_geo/pretrained/lite0-depth-synth3.pt, since round 18) is this preset with
+    # benchmarks/variant_configs/bundled/lite0-depth-biplanes.yaml (the depth head and readouts, and data
+    # version 3: version 1 with biplanes among the airplanes): real car F@tau 31.7, biplane 21.2; with the
+    # head and readouts on version 1 (lite0-depth-synth1, round 17) 32.2 / 15.8, without them (lite0-synth1)
+    # 23.1 / 18.6.
     "bundled": {
         "model": {"backbone": "efficientnet-lite0", "hidden": 64, "num_residual": 2},
         "train": {"epochs": 6, "batch_size": 8, "lr": 5e-4, "lr_milestones": [5], "workers": 1, "gt_points": 4000},

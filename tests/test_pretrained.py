@@ -42,15 +42,15 @@ def test_predict_without_checkpoint_or_runs_uses_the_bundled_model(tmp_path, sha
 @torch.no_grad()
 def test_bundled_model_reconstructs_real_objects_better_than_from_a_blank_image(shared_data, tmp_path):
     """The real car (24 R2N2 views, converted) and the real biplane (5 ShapeNetP2M views):
-    lower CD and higher F@tau than the same model fed white images (README: car 32.2 vs 11.2,
-    biplane 15.8 vs 9.8)."""
+    lower CD and higher F@tau than the same model fed white images, and the real-renderings
+    issue's F@tau targets, 30% and 20% (README: car 31.7 vs 8.5, biplane 21.2 vs 8.4)."""
     from p2m_geo.data import ShapeNetP2M, collate_samples
     from p2m_geo.data.r2n2 import convert_r2n2
 
     car = convert_r2n2(shared_data / "r2n2_raw", tmp_path, synset="02958343")
     biplane = [f"shapenet_p2m/sample_abcd/rendering/{view:02d}.dat" for view in range(5)]
     model, _ = load_bundled()
-    for root, lines, f_ratio in ((tmp_path, car, 1.5), (shared_data, biplane, 1.5)):
+    for root, lines, f_target in ((tmp_path, car, 30.0), (shared_data, biplane, 20.0)):
         batch = collate_samples([ShapeNetP2M(root, lines)[i] for i in range(len(lines))])
         scores = {}
         for name, images in {"real": batch.images, "blank": torch.ones_like(batch.images)}.items():
@@ -59,7 +59,8 @@ def test_bundled_model_reconstructs_real_objects_better_than_from_a_blank_image(
                 mesh.pos, mesh.batch, batch.target.pos, batch.target.batch, len(batch)
             )
         assert scores["real"]["cd"].mean() < 0.6 * scores["blank"]["cd"].mean()
-        assert scores["real"]["f@0.0001"].mean() > f_ratio * scores["blank"]["f@0.0001"].mean()
+        assert scores["real"]["f@0.0001"].mean() > 1.5 * scores["blank"]["f@0.0001"].mean()
+        assert scores["real"]["f@0.0001"].mean() >= f_target
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ __all__ = ["DEFAULT_MODEL", "BundledModel", "bundled_models", "bundled_path", "e
 
 FOLDER = Path(__file__).resolve().parent
 #: The model ``p2m-geo predict`` falls back to.
-DEFAULT_MODEL = "lite0-depth-synth1"
+DEFAULT_MODEL = "lite0-depth-synth3"
 METADATA_KEYS = ("name", "command", "data", "commit", "date", "metrics")
 
 
