@@ -315,13 +315,15 @@ class DataConfig:
     on_bad_sample: str = "fail"  #: fail or skip
 
     def __post_init__(self) -> None:
+        from p2m_geo.data.synth import DATASET_VERSIONS
+
         _check_ranges(
             "data",
             self,
             {
                 "synth_per_class": (lambda v: v >= 2, "an integer >= 2"),
                 "synth_views": (lambda v: 1 <= v <= 24, "an integer from 1 to 24"),
-                "synth_version": (lambda v: v in (1, 2, 3), "1, 2 or 3"),
+                "synth_version": (lambda v: v in DATASET_VERSIONS, "one of " + ", ".join(map(str, DATASET_VERSIONS))),
                 "synth_extra_train": (lambda v: v >= 0, "an integer >= 0"),
             },
         )

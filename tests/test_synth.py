@@ -183,6 +183,12 @@ def test_version_2_framing_inside_the_real_renderings(shared_data, generated_v2)
             assert low * 0.8 <= np.median(ours[key]) <= high * 1.25, (synset, key, np.median(ours[key]), low, high)
 
 
+def _signed_volume(vertices: np.ndarray, triangles: np.ndarray) -> float:
+    """Volume enclosed by a closed triangle mesh (divergence theorem), > 0 for outward faces."""
+    a, b, c = (vertices[triangles[:, k]] for k in range(3))
+    return float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6)
+
+
 def test_lathe_is_closed_and_outward():
     import open3d as o3d
 
@@ -190,9 +196,7 @@ def test_lathe_is_closed_and_outward():
 
     mesh = lathe([0.5, 0.5], [0.0, 2.0], resolution=64)
     assert mesh.is_watertight() and mesh.is_orientable()
-    vertices, triangles = np.asarray(mesh.vertices), np.asarray(mesh.triangles)
-    a, b, c = (vertices[triangles[:, k]] for k in range(3))
-    volume = np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6
+    volume = _signed_volume(np.asarray(mesh.vertices), np.asarray(mesh.triangles))
     # regular 64-gon prism: (n/2) r^2 sin(2 pi / n) h
     assert volume == pytest.approx(32 * 0.25 * np.sin(2 * np.pi / 64) * 2.0, rel=1e-9)
     assert isinstance(mesh, o3d.geometry.TriangleMesh)
@@ -206,10 +210,8 @@ def test_version_2_shapes_normalised_and_closed_parts():
         low, high = vertices.min(0), vertices.max(0)
         assert np.linalg.norm(high - low) == pytest.approx(1.0, abs=1e-9)
         assert len(parts) == len(triangles) and parts.min() == 0
-        a, b, c = (vertices[triangles[:, k]] for k in range(3))
         for part in np.unique(parts):  # every part encloses a positive volume (outward faces)
-            chosen = parts == part
-            assert np.einsum("ij,ij->i", a[chosen], np.cross(b[chosen], c[chosen])).sum() > 0, (category, part)
+            assert _signed_volume(vertices, triangles[parts == part]) > 0, (category, part)
 
 
 def test_pattern_and_shading_against_formulas():
@@ -290,6 +292,4 @@ def test_version_3_biplanes_normalised_and_closed_parts():
         # fuselage, nose, tail cone, 2 wings, fin, stabiliser, propeller, 4 struts, 2 x (leg, wheel)
         assert len(pieces) == 16
         for piece in pieces:  # every part encloses a positive volume (outward faces)
-            v, t = np.asarray(piece.vertices), np.asarray(piece.triangles)
-            a, b, c = (v[t[:, k]] for k in range(3))
-            assert np.einsum("ij,ij->i", a, np.cross(b, c)).sum() > 0
+            assert _signed_volume(np.asarray(piece.vertices), np.asarray(piece.triangles)) > 0

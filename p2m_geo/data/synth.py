@@ -664,6 +664,8 @@ SHAPE_FAMILIES_V2: Dict[str, Callable] = {
 SHAPE_FAMILIES_V3: Dict[str, Callable] = {**SHAPE_FAMILIES, "airplane": _airplane_v3}
 FAMILIES_BY_VERSION: Dict[int, Dict[str, Callable]] = {1: SHAPE_FAMILIES, 2: SHAPE_FAMILIES_V2, 3: SHAPE_FAMILIES_V3}
 DATASET_VERSIONS = tuple(FAMILIES_BY_VERSION)
+#: versions drawn from version 1's random streams and rendered as it (one flat colour, one light)
+FLAT_SHADED_VERSIONS = (1, 3)
 
 
 def build_shape_parts(
@@ -804,7 +806,7 @@ def generate_model(out_root: str, spec: SynthSpec, category: str, index: int) ->
 
     from p2m_geo.data.appearance import part_materials, random_lighting
 
-    flat_shaded = spec.version in (1, 3)  # version 3 renders and draws as version 1
+    flat_shaded = spec.version in FLAT_SHADED_VERSIONS
     if flat_shaded:
         rng = np.random.default_rng([spec.seed, CATEGORIES.index(category), index])
     else:  # a separate stream: version 1's bytes stay as they were
