@@ -55,6 +55,8 @@ class ModelConfig:
     #: ``vgg16``, ``resnet50``, ``efficientnet-lite0`` (ImageNet weights from the [pretrained] extra)
     backbone: str = "cnn18"
     encoder_width: float = 1.0  #: channel multiplier of cnn18 (1.0 gives 64/128/256/512 at 56/28/14/7 px)
+    #: cnn18 only: ``none`` (the original: conv -> ReLU) or ``batch`` (conv -> BatchNorm -> ReLU)
+    encoder_norm: str = "none"
     backbone_weights: Optional[str] = None  #: local file with trunk weights; never downloaded
     #: efficientnet-lite0 without ``backbone_weights``: start from the ImageNet weights that the
     #: ``[pretrained]`` extra installs (False: random init)
@@ -105,6 +107,17 @@ class ModelConfig:
             raise ConfigError(
                 f"model.depth_head_features: expected one of {', '.join(DEPTH_HEAD_FEATURES)}, "
                 f"got {_short(self.depth_head_features)}"
+            )
+        from p2m_geo.models.encoders import ENCODER_NORMS
+
+        if self.encoder_norm not in ENCODER_NORMS:
+            raise ConfigError(
+                f"model.encoder_norm: expected one of {', '.join(ENCODER_NORMS)}, got {_short(self.encoder_norm)}"
+            )
+        if self.encoder_norm != "none" and self.backbone != "cnn18":
+            raise ConfigError(
+                f"model.encoder_norm: expected 'none' with backbone {self.backbone} (only cnn18 takes one), "
+                f"got {_short(self.encoder_norm)}"
             )
         if self.aggr not in ("mean", "add", "max"):
             raise ConfigError(f"model.aggr: expected mean, add or max, got {_short(self.aggr)}")

@@ -310,3 +310,18 @@ def test_cpu_quick_trains_11_epochs_at_lr_7e_4_since_round_16():
 
     train = from_dict(Config, preset_dict("cpu-quick")).train
     assert (train.epochs, tuple(train.lr_milestones), train.lr) == (11, (9,), 7e-4)
+
+
+@pytest.mark.parametrize("path", variant_configs_of_rounds(0, 18), ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_variant_configs_before_round_19_run_cnn18_without_batch_norm(path):
+    """cpu-quick's cnn18 has batch norms in its four stages since round 19; the files of earlier
+    rounds switch them off, so the preset plus the file is still the run of their README rows."""
+    _, config = variant_over_cpu_quick(path)
+    assert config.model.encoder_norm == "none"
+
+
+def test_cpu_quick_has_batch_norm_in_cnn18_since_round_19():
+    from p2m_geo.config import preset_dict
+
+    assert from_dict(Config, preset_dict("cpu-quick")).model.encoder_norm == "batch"
+    assert from_dict(Config, preset_dict("cpu-long")).model.encoder_norm == "none"

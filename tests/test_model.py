@@ -813,3 +813,51 @@ def test_depth_readout_scales_each_block_mesh_about_the_camera_and_starts_at_one
     for graph in range(2):
         torch.testing.assert_close(scaled[graph], unscaled[graph] * ratios[graph], rtol=1e-4, atol=1e-5)
     assert abs(ratios[0] - ratios[1]) > 1e-4 and all(math.exp(-0.5) < r < math.exp(0.5) for r in ratios)
+
+
+def test_cnn18_batch_norm_normalises_each_stage_convolution_over_the_batch_and_leaves_the_stem():
+    """``encoder_norm: batch``: in the four output stages each convolution (no bias) is followed by
+    a batch norm, checked against the statistics written out in float64; the stem is unchanged."""
+    from p2m_geo.models.encoders import CNN18
+
+    torch.manual_seed(0)
+    plain, normed = CNN18(0.25), CNN18(0.25, norm="batch")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in normed.stem.modules())
+    stage_convs = [m for m in normed.stages.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(stage_convs) == 13 and all(conv.bias is None for conv in stage_convs)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in normed.modules()) == 13
+    with pytest.raises(ValueError, match="norm: expected one of none, batch, got 'group'"):
+        CNN18(0.25, norm="group")
+
+    normed.train()
+    stem = normed.stem(torch.rand(4, 3, 224, 224)).detach()
+    conv, bn = normed.stages[0][0][0], normed.stages[0][0][1]
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.2, 0.2)
+        result = normed.stages[0][0](stem)
+    x = F.conv2d(stem.double(), conv.weight.double(), stride=2, padding=1)
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    variance = ((x - mean) ** 2).mean(dim=(0, 2, 3), keepdim=True)  # biased, as BatchNorm normalises
+    scale, shift = bn.weight.double().view(1, -1, 1, 1), bn.bias.double().view(1, -1, 1, 1)
+    reference = (x - mean) / torch.sqrt(variance + bn.eps) * scale + shift
+    torch.testing.assert_close(result.double(), reference.clamp(min=0), rtol=1e-4, atol=1e-5)
+    # running statistics move by momentum 0.1 from (0, 1), with the unbiased variance
+    count = x.numel() / x.size(1)
+    torch.testing.assert_close(bn.running_mean.double(), 0.1 * mean.flatten(), rtol=1e-4, atol=1e-6)
+    expected_var = 0.9 + 0.1 * variance.flatten() * count / (count - 1)
+    torch.testing.assert_close(bn.running_var.double(), expected_var, rtol=1e-4, atol=1e-6)
+
+
+def test_encoder_norm_is_for_cnn18_only_and_reaches_the_model():
+    model = Pixel2Mesh(dataclasses.replace(SMALL, encoder_norm="batch"))
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.encoder.modules()) == 13
+    with pytest.raises(ConfigError, match="model.encoder_norm: expected one of none, batch, got 'layer'"):
+        ModelConfig(encoder_norm="layer")
+    with pytest.raises(ConfigError, match="model.encoder_norm: expected 'none' with backbone resnet50"):
+        ModelConfig(backbone="resnet50", encoder_norm="batch")
+    from p2m_geo.models import build_encoder
+
+    with pytest.raises(ValueError, match="norm: expected 'none' for backbone 'vgg16'"):
+        build_encoder("vgg16", norm="batch")

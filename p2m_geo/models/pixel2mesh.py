@@ -186,7 +186,9 @@ class Pixel2Mesh(nn.Module):
             if config.offset_smoothing > 0:  # derived from the topology: not in checkpoints
                 filter_matrix = laplacian_smoothing_matrix(data.edge_index, data.num_nodes, config.offset_smoothing)
                 self.register_buffer(f"offset_filter_{level}", filter_matrix, persistent=False)
-        self.encoder = build_encoder(config.backbone, config.encoder_width, config.backbone_weights, config.pretrained)
+        self.encoder = build_encoder(
+            config.backbone, config.encoder_width, config.backbone_weights, config.pretrained, config.encoder_norm
+        )
         feature_dim = 3 + sum(self.encoder.channels) + config.global_features
         self.projection = GraphProjection(config.image_size)
         self.unpooling = GraphUnpooling()
