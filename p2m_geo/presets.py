@@ -29,7 +29,8 @@ PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
     # every class >= 2.17x its blank image for every seed, at 0.96-1.02x the budget (README, round 15).
     # Batch norms after cnn18's 13 stage convolutions (model.encoder_norm; the stem at 224/112 px
     # stays without, where they would cost a fifth of the step): F@tau 34.9 / CD 1.39 against
-    # 33.8 / 1.39 at the same step cost (README, round 19).
+    # 33.8 / 1.39 at 1.01x the step cost; over three seeds 34.2 / 1.47 against 33.7 / 1.46, every
+    # class >= 2.66x its blank image for every seed (README, round 19).
     # Data loaded in the training process (workers 0): loading is ~20x cheaper than a step, and a
     # worker process takes CPU from the step's two threads; the same batches, 1.09x faster per epoch
     # on 2 cores in short runs timed in turns, 3% in a whole run (benchmarks/RESULTS.md). On more
