@@ -55,7 +55,9 @@ class ModelConfig:
     #: ``vgg16``, ``resnet50``, ``efficientnet-lite0`` (ImageNet weights from the [pretrained] extra)
     backbone: str = "cnn18"
     encoder_width: float = 1.0  #: channel multiplier of cnn18 (1.0 gives 64/128/256/512 at 56/28/14/7 px)
-    #: cnn18 only: ``none`` (the original: conv -> ReLU) or ``batch`` (conv -> BatchNorm -> ReLU)
+    #: cnn18's stages: ``none`` (the original: conv -> ReLU) or ``batch`` (conv -> BatchNorm -> ReLU);
+    #: the other backbones keep their own normalisation and ignore it (so ``--backbone`` works with
+    #: any preset)
     encoder_norm: str = "none"
     backbone_weights: Optional[str] = None  #: local file with trunk weights; never downloaded
     #: efficientnet-lite0 without ``backbone_weights``: start from the ImageNet weights that the
@@ -113,11 +115,6 @@ class ModelConfig:
         if self.encoder_norm not in ENCODER_NORMS:
             raise ConfigError(
                 f"model.encoder_norm: expected one of {', '.join(ENCODER_NORMS)}, got {_short(self.encoder_norm)}"
-            )
-        if self.encoder_norm != "none" and self.backbone != "cnn18":
-            raise ConfigError(
-                f"model.encoder_norm: expected 'none' with backbone {self.backbone} (only cnn18 takes one), "
-                f"got {_short(self.encoder_norm)}"
             )
         if self.aggr not in ("mean", "add", "max"):
             raise ConfigError(f"model.aggr: expected mean, add or max, got {_short(self.aggr)}")

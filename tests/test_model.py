@@ -850,14 +850,18 @@ def test_cnn18_batch_norm_normalises_each_stage_convolution_over_the_batch_and_l
     torch.testing.assert_close(bn.running_var.double(), expected_var, rtol=1e-4, atol=1e-6)
 
 
-def test_encoder_norm_is_for_cnn18_only_and_reaches_the_model():
+def test_encoder_norm_reaches_cnn18_and_leaves_the_other_backbones_as_they_are():
     model = Pixel2Mesh(dataclasses.replace(SMALL, encoder_norm="batch"))
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.encoder.modules()) == 13
     with pytest.raises(ConfigError, match="model.encoder_norm: expected one of none, batch, got 'layer'"):
         ModelConfig(encoder_norm="layer")
-    with pytest.raises(ConfigError, match="model.encoder_norm: expected 'none' with backbone resnet50"):
-        ModelConfig(backbone="resnet50", encoder_norm="batch")
     from p2m_geo.models import build_encoder
 
-    with pytest.raises(ValueError, match="norm: expected 'none' for backbone 'vgg16'"):
-        build_encoder("vgg16", norm="batch")
+    with pytest.raises(ValueError, match="norm: expected one of none, batch, got 'layer'"):
+        build_encoder("cnn18", norm="layer")
+    # a preset's cnn18 setting does not change another backbone (e.g. cpu-quick with --backbone vgg16)
+    torch.manual_seed(0)
+    plain = build_encoder("vgg16")
+    torch.manual_seed(0)
+    with_setting = build_encoder("vgg16", norm="batch")
+    assert [type(m) for m in with_setting.modules()] == [type(m) for m in plain.modules()]

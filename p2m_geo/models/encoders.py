@@ -267,12 +267,12 @@ def build_encoder(
 ) -> nn.Module:
     """Encoder by name from :data:`ENCODERS`; weights only from a local file, or for
     ``efficientnet-lite0`` with ``pretrained`` from the installed ``[pretrained]`` extra.
-    ``norm`` (:data:`ENCODER_NORMS`) is cnn18's; the other trunks keep their own."""
+    ``norm`` (:data:`ENCODER_NORMS`) is cnn18's; the other trunks keep their own and ignore it."""
     if name not in ENCODERS:
         raise ValueError(f"backbone: expected one of {', '.join(ENCODERS)}, got {name!r}")
-    if norm != "none" and name != "cnn18":
-        raise ValueError(f"norm: expected 'none' for backbone {name!r} (only cnn18 takes one), got {norm!r}")
-    options = {"norm": norm} if norm != "none" else {}  # registered factories need not take it
+    if norm not in ENCODER_NORMS:
+        raise ValueError(f"norm: expected one of {', '.join(ENCODER_NORMS)}, got {norm!r}")
+    options = {"norm": norm} if name == "cnn18" else {}  # registered factories need not take it
     encoder = ENCODERS[name](width, weights_path, pretrained, **options)
     if not isinstance(encoder, Encoder) or len(encoder.channels) != 4:
         raise TypeError(
