@@ -45,6 +45,8 @@ T = TypeVar("T")
 FACE_NORMAL_FORMS = ("one_minus_cos", "normal_difference")
 #: inputs of the depth head (``model.depth_head_features``; :meth:`p2m_geo.Pixel2Mesh.depth_scale`)
 DEPTH_HEAD_FEATURES = ("coarsest", "all", "spatial")
+#: learning-rate schedules (``train.lr_schedule``; :func:`p2m_geo.training.build_scheduler`)
+LR_SCHEDULES = ("step", "cosine", "linear-decay")
 
 
 @dataclass
@@ -243,8 +245,14 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 5e-6 / 3000  #: graph convolutions' weights: TF 5e-6 / 3000 = 1.7e-9
     encoder_weight_decay: float = 0.3 * 1e-5 / 3000  #: image convolutions' weights: TF 3e-6 / 3000 = 1e-9
-    lr_schedule: str = "step"  #: step (x lr_gamma at lr_milestones) or cosine (to 0 at the last epoch)
-    lr_milestones: tuple = (30, 40)  #: epochs at which the learning rate is multiplied by lr_gamma
+    #: step (x lr_gamma at lr_milestones), cosine (to 0 at the last epoch) or linear-decay (constant
+    #: until epoch lr_milestones[0] ends, then down by the same amount each optimiser step to 0 after
+    #: the last: :func:`p2m_geo.training.linear_decay_factor`)
+    lr_schedule: str = "step"
+    #: epochs at which the learning rate is multiplied by lr_gamma (linear-decay: the first is the
+    #: epoch after which the decay starts; without one, or with one at or past ``epochs``, the decay
+    #: takes the last epoch)
+    lr_milestones: tuple = (30, 40)
     lr_gamma: float = 0.3
     #: > 0: validate, preview and save (``best.pt``, and ``model`` in ``last.pt``) an exponential
     #: moving average of the weights, updated after every step with this decay (0: the raw weights)
@@ -298,8 +306,9 @@ class TrainConfig:
                 "eval_max_samples": nonnegative,
             },
         )
-        if self.lr_schedule not in ("step", "cosine"):
-            raise ConfigError(f"train.lr_schedule: expected step or cosine, got {_short(self.lr_schedule)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            expected = " or ".join(LR_SCHEDULES)
+            raise ConfigError(f"train.lr_schedule: expected {expected}, got {_short(self.lr_schedule)}")
 
 
 @dataclass
@@ -323,6 +332,9 @@ class DataConfig:
     #: ``synth_per_class`` ones; the test (validation) views stay those of ``synth_per_class`` alone
     synth_extra_train: int = 0
     on_bad_sample: str = "fail"  #: fail or skip
+    #: keep up to this many MiB of decoded views (image and GT tensors) in memory per dataset and
+    #: loading process, so later epochs skip the PNG and .dat decoding (0: decode every time)
+    cache_mb: int = 0
 
     def __post_init__(self) -> None:
         from p2m_geo.data.synth import DATASET_VERSIONS
@@ -335,6 +347,7 @@ class DataConfig:
                 "synth_views": (lambda v: 1 <= v <= 24, "an integer from 1 to 24"),
                 "synth_version": (lambda v: v in DATASET_VERSIONS, "one of " + ", ".join(map(str, DATASET_VERSIONS))),
                 "synth_extra_train": (lambda v: v >= 0, "an integer >= 0"),
+                "cache_mb": (lambda v: v >= 0, "an integer >= 0"),
             },
         )
         from p2m_geo.data.factory import dataset_format_names

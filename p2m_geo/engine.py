@@ -33,6 +33,7 @@ from p2m_geo.training import (
     build_optimizer,
     build_scheduler,
     freeze_parts,
+    scheduler_interval,
     train_one_epoch,
 )
 
@@ -67,6 +68,21 @@ def run_training(config: Config, run_dir: Path, resume: bool = False, quiet: boo
         return _run_training(config, run_dir, resume, quiet, ctx)
 
 
+def _after_step_hook(average, model, scheduler):
+    """What runs after each optimiser step: the weight average's update and a per-step
+    learning-rate schedule's step (each when given); ``None`` when neither is."""
+    if average is None and scheduler is None:
+        return None
+
+    def hook(step: int) -> None:
+        if average is not None:
+            average.update(model, step)
+        if scheduler is not None:
+            scheduler.step()
+
+    return hook
+
+
 def _progress(quiet: bool):
     """A tqdm bar factory for dataset generation (None when quiet)."""
     if quiet:
@@ -84,7 +100,9 @@ def _run_training(config: Config, run_dir: Path, resume: bool, quiet: bool, ctx:
     model = freeze_parts(runtime.place(Pixel2Mesh(config.model)), train)
     loss_fn = P2MLoss(config.loss)
     optimizer = build_optimizer(model, config.train)
-    scheduler = build_scheduler(optimizer, config.train)
+    steps_per_epoch = len(make_loader(train_set, train.batch_size, True, 0, train.seed, 0, ctx))
+    scheduler = build_scheduler(optimizer, config.train, steps_per_epoch)
+    per_step_schedule = scheduler_interval(config.train) == "step"
     average = WeightAverage(model, train.ema_decay) if train.ema_decay else None
     validated = average.model if average is not None else model  # what is validated, previewed, saved
     state, history, best = TrainState(), [], -math.inf
@@ -122,12 +140,13 @@ def _run_training(config: Config, run_dir: Path, resume: bool, quiet: bool, ctx:
         loader = make_loader(
             train_set, config.train.batch_size, True, config.train.workers, config.train.seed, state.epoch, ctx, pin
         )
-        hook = (lambda step: average.update(model, step)) if average is not None else None  # after each step
+        hook = _after_step_hook(average, model, scheduler if per_step_schedule else None)
         stats = train_one_epoch(
             trained, loader, optimizer, device, state, use_image, train.max_bad_steps, train.max_steps, ctx, quiet, hook
         )
         lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
+        if not per_step_schedule:
+            scheduler.step()
         state.epoch += 1
         row: Dict[str, float] = {"epoch": state.epoch, "step": state.step, "lr": lr, **stats}
         row.update(bad_steps=state.bad_steps_total, image_branch=int(use_image))

@@ -29,6 +29,8 @@ __all__ = [
     "parameter_groups",
     "build_optimizer",
     "build_scheduler",
+    "linear_decay_factor",
+    "scheduler_interval",
     "freeze_parts",
     "train_one_epoch",
 ]
@@ -156,12 +158,43 @@ def build_optimizer(model: Pixel2Mesh, train: TrainConfig) -> torch.optim.Adam:
     return torch.optim.Adam(parameter_groups(model, train), lr=train.lr, fused=True)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-epoch learning-rate schedule: ``step`` (x ``lr_gamma`` at ``lr_milestones``) or
-    ``cosine`` (from ``lr`` to 0 over ``epochs``)."""
+def linear_decay_factor(step: int, decay_start: int, total_steps: int) -> float:
+    r"""Learning-rate factor of the ``linear-decay`` schedule before optimiser step ``step + 1``
+    (``step`` steps taken):
+
+    .. math::
+        f(k) = \begin{cases} 1 & k < k_0 \\ \dfrac{K - k}{K - k_0} & k_0 \le k \le K \end{cases}
+
+    with :math:`k_0` = ``decay_start`` and :math:`K` = ``total_steps``: constant, then down by the
+    same amount each step, so the last step runs at :math:`1/(K - k_0)` and the rate is 0 after it.
+    """
+    if step < decay_start:
+        return 1.0
+    return max(0.0, (total_steps - step) / max(1, total_steps - decay_start))
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, train: TrainConfig, steps_per_epoch: int = 0
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule: ``step`` (x ``lr_gamma`` at ``lr_milestones``) and ``cosine``
+    (from ``lr`` to 0 over ``epochs``) step once per epoch; ``linear-decay``
+    (:func:`linear_decay_factor` from the end of epoch ``lr_milestones[0]``) once per optimiser
+    step (:func:`scheduler_interval`), and needs ``steps_per_epoch``; with no milestone, or one at or
+    past ``epochs``, the decay takes the last epoch."""
+    if train.lr_schedule == "linear-decay":
+        if steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch: expected a positive integer for linear-decay, got {steps_per_epoch}")
+        start_epoch = min(train.lr_milestones[0], train.epochs - 1) if train.lr_milestones else train.epochs - 1
+        start, total = start_epoch * steps_per_epoch, train.epochs * steps_per_epoch
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: linear_decay_factor(step, start, total))
     if train.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train.epochs)
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(train.lr_milestones), train.lr_gamma)
+
+
+def scheduler_interval(train: TrainConfig) -> str:
+    """When :func:`build_scheduler`'s schedule steps: ``"step"`` (after each optimiser step) or ``"epoch"``."""
+    return "step" if train.lr_schedule == "linear-decay" else "epoch"
 
 
 @dataclass

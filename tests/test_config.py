@@ -34,6 +34,11 @@ from p2m_geo.config import Config, ConfigError, from_dict, load_yaml
         ),
         ({"train": {"max_steps": -1}}, "train.max_steps: expected an integer >= 0, got -1"),
         ({"data": {"synth_extra_train": -1}}, "data.synth_extra_train: expected an integer >= 0, got -1"),
+        ({"data": {"cache_mb": -1}}, "data.cache_mb: expected an integer >= 0, got -1"),
+        (
+            {"train": {"lr_schedule": "linear"}},
+            "train.lr_schedule: expected step or cosine or linear-decay, got 'linear'",
+        ),
         ({"train": {"lr_milestones": "abc"}}, "train.lr_milestones: expected a list of integers, got 'abc'"),
         ({"train": {"lr_milestones": [3, "x"]}}, r"train.lr_milestones\[1\]: expected an integer, got 'x'"),
         ({"train": {"lr": float("inf")}}, r"train.lr: expected a number in \(0, 1\], got inf"),
@@ -325,3 +330,20 @@ def test_cpu_quick_has_batch_norm_in_cnn18_since_round_19():
 
     assert from_dict(Config, preset_dict("cpu-quick")).model.encoder_norm == "batch"
     assert from_dict(Config, preset_dict("cpu-long")).model.encoder_norm == "none"
+
+
+@pytest.mark.parametrize("path", variant_configs_of_rounds(0, 19), ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_variant_configs_before_round_20_multiply_the_learning_rate_at_milestones(path):
+    """cpu-quick decays the learning rate linearly since round 20; the files of earlier rounds
+    pin the step schedule (or their own cosine one), so the preset plus the file is still the run
+    of their README rows."""
+    _, config = variant_over_cpu_quick(path)
+    assert config.train.lr_schedule == ("cosine" if "cosine" in path.stem else "step")
+
+
+def test_cpu_quick_decays_the_learning_rate_linearly_since_round_20():
+    from p2m_geo.config import preset_dict
+
+    train = from_dict(Config, preset_dict("cpu-quick")).train
+    assert (train.lr_schedule, tuple(train.lr_milestones), train.epochs) == ("linear-decay", (9,), 11)
+    assert from_dict(Config, preset_dict("cpu-long")).train.lr_schedule == "step"

@@ -136,6 +136,38 @@ def test_dataset_items_on_real_samples(shared_data):
     np.testing.assert_array_equal(item["points"].numpy(), raw[:, :3])
 
 
+def test_dataset_cache_returns_the_decoded_views_without_the_files(tiny_data, tmp_path):
+    """``cache_bytes``: a kept view reads back equal after its files are gone, a copy each time;
+    views past the byte bound are decoded from the files as before."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
+    lines = (root / "train_list.txt").read_text().split()[:3]
+    reference = [ShapeNetP2M(root, lines)[i] for i in range(3)]
+    one_view = sum(v.numel() * v.element_size() for v in reference[0].values() if isinstance(v, torch.Tensor))
+    cached = ShapeNetP2M(root, lines, cache_bytes=2 * one_view)  # room for two of the three
+    uncached = ShapeNetP2M(root, lines)
+    for index in range(3):
+        cached[index]
+    first = cached[0]
+    first["image"].fill_(0.5)  # a caller's change does not reach the kept copy
+    for ref in cached.samples:
+        (root / ref.relative_dat).unlink()
+        (root / ref.relative_dat.replace(".dat", ".png")).unlink()
+    for index in range(2):
+        item = cached[index]
+        for key in ("image", "points", "normals", "intrinsics"):
+            assert torch.equal(item[key], reference[index][key]), (index, key)
+        assert item["name"] == reference[index]["name"]
+    with pytest.raises(DatFileError, match="cannot read"):
+        cached[2]  # past the bound: not kept
+    with pytest.raises(DatFileError, match="cannot read"):
+        uncached[0]
+    with pytest.raises(ValueError, match="cache_bytes: expected an integer >= 0, got -1"):
+        ShapeNetP2M(root, lines, check_files=False, cache_bytes=-1)
+
+
 def test_dataset_reports_missing_file_with_line_number(shared_data):
     with pytest.raises(FileListError, match=r"file list line 3: expected .*07\.dat to exist"):
         ShapeNetP2M(shared_data, SAMPLE_LINES[:2] + ["shapenet_p2m/sample_abcd/rendering/07.dat"])

@@ -418,6 +418,86 @@ def test_train_checkpoint_round_trip_is_what_resume_reads(tiny_data, tiny_config
         TrainCheckpoint.from_dict({k: v for k, v in raw.items() if k != "optimizer"})
 
 
+def _learning_rates(train, steps_per_epoch: int, per_step: bool) -> list:
+    """The learning rate of every optimiser step of a run with ``train``'s schedule."""
+    from p2m_geo.training import build_scheduler
+
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=train.lr)
+    scheduler = build_scheduler(optimizer, train, steps_per_epoch)
+    rates = []
+    for _ in range(train.epochs):
+        for _ in range(steps_per_epoch):
+            rates.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            if per_step:
+                scheduler.step()
+        if not per_step:
+            scheduler.step()
+    return rates + [optimizer.param_groups[0]["lr"]]
+
+
+@pytest.mark.parametrize(
+    "epochs, milestones, start_epoch", [(5, (3,), 3), (5, (), 4), (5, (7,), 4), (1, (1,), 0), (4, (2, 3), 2)]
+)
+def test_linear_decay_schedule_steps_down_to_zero_after_the_last_step(epochs, milestones, start_epoch):
+    from p2m_geo.config import TrainConfig
+    from p2m_geo.training import scheduler_interval
+
+    train = TrainConfig(epochs=epochs, lr=0.3, lr_schedule="linear-decay", lr_milestones=milestones)
+    assert scheduler_interval(train) == "step"
+    steps_per_epoch = 7
+    rates = _learning_rates(train, steps_per_epoch, per_step=True)
+    constant = start_epoch * steps_per_epoch
+    decay = (epochs - start_epoch) * steps_per_epoch
+    expected = [0.3] * constant + [0.3 * (decay - k) / decay for k in range(decay)] + [0.0]
+    np.testing.assert_allclose(rates, expected, rtol=1e-12, atol=1e-15)
+    assert rates[constant - 1 if constant else 0] == pytest.approx(0.3) and rates[-2] == pytest.approx(0.3 / decay)
+
+
+def test_step_and_cosine_schedules_step_per_epoch():
+    from p2m_geo.config import TrainConfig
+    from p2m_geo.training import build_scheduler, scheduler_interval
+
+    step = TrainConfig(epochs=4, lr=1.0, lr_milestones=(2, 3), lr_gamma=0.5)
+    assert scheduler_interval(step) == "epoch"
+    assert _learning_rates(step, 2, per_step=False) == [1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25, 0.25]
+    cosine = TrainConfig(epochs=4, lr=1.0, lr_schedule="cosine")
+    expected = [0.5 * (1 + np.cos(np.pi * e / 4)) for e in range(4) for _ in range(2)] + [0.0]
+    np.testing.assert_allclose(_learning_rates(cosine, 2, per_step=False), expected, atol=1e-12)
+    with pytest.raises(ValueError, match="steps_per_epoch: expected a positive integer for linear-decay, got 0"):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        build_scheduler(optimizer, TrainConfig(lr_schedule="linear-decay"))
+
+
+@pytest.mark.slow
+def test_linear_decay_run_resumes_bit_identical_and_ends_at_zero(tiny_data, tmp_path):
+    """The per-step schedule through the CLI: the last epoch's row logs learning rate 0, and a
+    run stopped after epoch 1 (``--max-steps``: the schedule is that of the 2-epoch run) and
+    resumed ends with the weights of the straight run."""
+    import yaml
+
+    from conftest import TINY
+
+    config = tmp_path / "decay.yaml"
+    train = {**TINY["train"], "lr_schedule": "linear-decay", "lr_milestones": [1]}
+    config.write_text(yaml.safe_dump({**TINY, "train": train}))
+    runs = tmp_path / "runs"
+    assert invoke(*train_args(tiny_data, config, runs, "straight", 2)).exit_code == 0
+    rows = list(csv.DictReader(open(runs / "straight" / "metrics.csv")))
+    assert float(rows[0]["lr"]) == pytest.approx(1e-3) and float(rows[1]["lr"]) == 0.0
+    steps_per_epoch = int(rows[0]["step"])
+    stopped = invoke(*train_args(tiny_data, config, runs, "split", 2), "--max-steps", steps_per_epoch)
+    assert stopped.exit_code == 0, stopped.output
+    assert len(list(csv.DictReader(open(runs / "split" / "metrics.csv")))) == 1
+    result = invoke("train", "--resume", runs / "split", "--max-steps", 0, "--quiet")
+    assert result.exit_code == 0, result.output
+    straight = weights(runs / "straight" / "last.pt")
+    resumed = weights(runs / "split" / "last.pt")
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+
 def test_weight_average_matches_a_float64_loop():
     from p2m_geo.training import WeightAverage
 

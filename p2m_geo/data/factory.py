@@ -100,8 +100,13 @@ def ensure_procedural_dataset(
 
 def _train_and_validation(root: Path, config: Config) -> Tuple[Dataset, Dataset]:
     data = config.data
-    train_set = ShapeNetP2M(root, resolve_list(root, data.train_list), on_bad_sample=data.on_bad_sample)
-    val_set: Dataset = ShapeNetP2M(root, resolve_list(root, data.val_list), on_bad_sample=data.on_bad_sample)
+    cache_bytes = data.cache_mb * 2**20
+    train_set = ShapeNetP2M(
+        root, resolve_list(root, data.train_list), on_bad_sample=data.on_bad_sample, cache_bytes=cache_bytes
+    )
+    val_set: Dataset = ShapeNetP2M(
+        root, resolve_list(root, data.val_list), on_bad_sample=data.on_bad_sample, cache_bytes=cache_bytes
+    )
     if config.train.eval_max_samples:
         val_set = Subset(val_set, spread_indices(len(val_set), config.train.eval_max_samples))
     return train_set, val_set

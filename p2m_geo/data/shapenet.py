@@ -124,6 +124,11 @@ def read_file_list(file_list: Union[str, os.PathLike, Sequence[str]]) -> List[Sa
     return refs
 
 
+def _with_copied_tensors(sample: Dict[str, object]) -> Dict[str, object]:
+    """The sample with a copy of each tensor (so neither a caller nor the cache sees the other's changes)."""
+    return {key: value.clone() if isinstance(value, Tensor) else value for key, value in sample.items()}
+
+
 class ShapeNetP2M(Dataset):
     """ShapeNetP2M views: R2N2 rendering + camera-frame GT points and normals.
 
@@ -134,6 +139,9 @@ class ShapeNetP2M(Dataset):
         image_size: network input side (224).
         on_bad_sample: ``'fail'`` raises on an unreadable sample naming the file;
             ``'skip'`` logs it and returns the next readable sample instead.
+        cache_bytes: keep decoded samples in memory until their tensors take this many bytes
+            (0: none); later reads of a kept sample return copies of its tensors instead of
+            decoding the files again. Each process that loads (a DataLoader worker) keeps its own.
 
     Each item is a dict: ``image [3,224,224]`` in [0,1], ``points [N,3]``,
     ``normals [N,3]``, ``intrinsics [3,3]``, ``synset``, ``category``, ``name``.
@@ -146,7 +154,10 @@ class ShapeNetP2M(Dataset):
         image_size: int = 224,
         on_bad_sample: str = "fail",
         check_files: bool = True,
+        cache_bytes: int = 0,
     ) -> None:
+        if cache_bytes < 0:
+            raise ValueError(f"cache_bytes: expected an integer >= 0, got {cache_bytes!r}")
         if on_bad_sample not in ("fail", "skip"):
             raise ValueError(f"on_bad_sample: expected 'fail' or 'skip', got {on_bad_sample!r}")
         self.root = Path(root)
@@ -158,6 +169,9 @@ class ShapeNetP2M(Dataset):
         self.image_size = image_size
         self.on_bad_sample = on_bad_sample
         self.intrinsics = default_intrinsics(1)[0]
+        self.cache_bytes = cache_bytes
+        self._cache: Dict[int, Dict[str, object]] = {}
+        self._cached_bytes = 0
         if check_files:
             for ref in self.samples:
                 for suffix in (".dat", ".png"):
@@ -174,6 +188,17 @@ class ShapeNetP2M(Dataset):
         return dat, dat.with_suffix(".png")
 
     def _load(self, index: int) -> Dict[str, object]:
+        kept = self._cache.get(index)
+        if kept is not None:
+            return _with_copied_tensors(kept)
+        sample = self._decode(index)
+        size = sum(value.numel() * value.element_size() for value in sample.values() if isinstance(value, Tensor))
+        if self._cached_bytes + size <= self.cache_bytes:
+            self._cache[index] = _with_copied_tensors(sample)
+            self._cached_bytes += size
+        return sample
+
+    def _decode(self, index: int) -> Dict[str, object]:
         ref = self.samples[index]
         dat_path, png_path = self.paths(index)
         points = torch.from_numpy(load_dat(dat_path))
