@@ -332,8 +332,9 @@ class DataConfig:
     #: ``synth_per_class`` ones; the test (validation) views stay those of ``synth_per_class`` alone
     synth_extra_train: int = 0
     on_bad_sample: str = "fail"  #: fail or skip
-    #: keep up to this many MiB of decoded views (image and GT tensors) in memory per dataset and
-    #: loading process, so later epochs skip the PNG and .dat decoding (0: decode every time)
+    #: keep up to this many MiB of decoded views (image and GT tensors) in memory per dataset, so later
+    #: epochs skip the PNG and .dat decoding (0: decode every time). It helps where views load in the
+    #: training process (``train.workers: 0``, as in cpu-quick): DataLoader workers start empty each epoch
     cache_mb: int = 0
 
     def __post_init__(self) -> None:

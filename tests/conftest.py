@@ -36,7 +36,16 @@ class CreatesFileWhenUnpickled:
 
 TINY = {
     "model": {"encoder_width": 0.125, "hidden": 16, "num_residual": 1, "image_branch": True},
-    "train": {"batch_size": 2, "workers": 0, "preview_samples": 2, "lr": 1e-3, "lr_milestones": []},
+    # a constant learning rate (the step schedule without milestones), so a run resumed with more
+    # epochs is the longer run (cpu-quick's linear decay would start in a 1-epoch run's only epoch)
+    "train": {
+        "batch_size": 2,
+        "workers": 0,
+        "preview_samples": 2,
+        "lr": 1e-3,
+        "lr_schedule": "step",
+        "lr_milestones": [],
+    },
 }
 
 

@@ -141,7 +141,8 @@ class ShapeNetP2M(Dataset):
             ``'skip'`` logs it and returns the next readable sample instead.
         cache_bytes: keep decoded samples in memory until their tensors take this many bytes
             (0: none); later reads of a kept sample return copies of its tensors instead of
-            decoding the files again. Each process that loads (a DataLoader worker) keeps its own.
+            decoding the files again. Each process that loads keeps its own (a DataLoader worker's
+            goes with the worker at the end of its epoch).
 
     Each item is a dict: ``image [3,224,224]`` in [0,1], ``points [N,3]``,
     ``normals [N,3]``, ``intrinsics [3,3]``, ``synset``, ``category``, ``name``.
