@@ -22,9 +22,9 @@ from typing import List, Tuple
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_description  # noqa: E402
+from common import machine_description, preset_values  # noqa: E402
 
-from p2m_geo.config import Config, from_dict, merge_dicts, preset_dict, read_yaml_dict  # noqa: E402
+from p2m_geo.config import Config, from_dict, merge_dicts  # noqa: E402
 from p2m_geo.data.factory import build_datasets, make_loader  # noqa: E402
 from p2m_geo.runtime import DistributedContext, setup_runtime  # noqa: E402
 
@@ -55,9 +55,7 @@ def main() -> None:
     parser.add_argument("--cache-mb", type=int, default=1024)
     args = parser.parse_args()
     setup_runtime()
-    values = preset_dict(args.preset)
-    if args.config:
-        values = merge_dicts(values, read_yaml_dict(args.config))
+    values = preset_values(args.preset, args.config)
     variants = {
         "decoded every epoch (cache_mb 0)": from_dict(Config, merge_dicts(values, {"data": {"cache_mb": 0}})),
         f"cached (cache_mb {args.cache_mb})": from_dict(

@@ -22,11 +22,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bm_train import build_step  # noqa: E402
-from common import machine_description  # noqa: E402
+from common import machine_description, preset_values  # noqa: E402
 
 import p2m_geo.nn.projection as projection  # noqa: E402
 import p2m_geo.ops.knn as knn  # noqa: E402
-from p2m_geo.config import Config, from_dict, merge_dicts, preset_dict, read_yaml_dict  # noqa: E402
+from p2m_geo.config import Config, from_dict  # noqa: E402
 from p2m_geo.runtime import setup_runtime  # noqa: E402
 
 ON = {"knn": knn.SMALL_CLOUD_POINTS, "dense": projection.DENSE_SAMPLING_MAX_CELLS}
@@ -46,9 +46,7 @@ def main() -> None:
     parser.add_argument("--each", action="store_true", help="also time each fast path alone")
     args = parser.parse_args()
     setup_runtime()
-    values = preset_dict(args.preset)
-    if args.config:
-        values = merge_dicts(values, read_yaml_dict(args.config))
+    values = preset_values(args.preset, args.config)
     config = from_dict(Config, values)
     _, step = build_step(config, args.batch_size, torch.device("cpu"))
     variants = {"both off": (False, False), "both on": (True, True)}

@@ -27,11 +27,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from torch_geometric.data import Batch, Data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_description, mode_label, report, synchronize  # noqa: E402
+from common import machine_description, mode_label, preset_values, report, synchronize  # noqa: E402
 
 from p2m_geo.runtime import setup_runtime  # noqa: E402
 from p2m_geo.camera import default_intrinsics  # noqa: E402
-from p2m_geo.config import Config, from_dict, merge_dicts, preset_dict, read_yaml_dict  # noqa: E402
+from p2m_geo.config import Config, from_dict, merge_dicts, read_yaml_dict  # noqa: E402
 from p2m_geo.presets import PRESETS  # noqa: E402
 from p2m_geo.training import build_optimizer, freeze_parts  # noqa: E402
 from p2m_geo.losses import P2MLoss  # noqa: E402
@@ -249,9 +249,7 @@ def main(argv=None) -> None:
         args.preset, args.batch_sizes, args.steps = "cpu-quick", [1, 8], 3
     # as p2m-geo train does (train.cpu_retain_memory; channels-last is chosen per measurement below)
     device = setup_runtime(args.device, retain_cpu_memory=args.retain_memory).device
-    values = preset_dict(args.preset)
-    if args.config is not None:
-        values = merge_dicts(values, read_yaml_dict(args.config))
+    values = preset_values(args.preset, args.config)
     config = from_dict(Config, values)
     if args.against is not None:
         other = from_dict(Config, merge_dicts(values, read_yaml_dict(args.against)))

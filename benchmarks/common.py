@@ -10,11 +10,20 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def preset_values(preset: str, config_file: Optional[str] = None) -> Dict[str, Any]:
+    """A preset's config sections with a YAML file's merged over them, as ``p2m-geo train
+    --preset P --config FILE`` builds them (before command-line options)."""
+    from p2m_geo.config import merge_dicts, preset_dict, read_yaml_dict
+
+    values = preset_dict(preset)
+    return merge_dicts(values, read_yaml_dict(config_file)) if config_file else values
 
 
 def machine_description(device: torch.device) -> str:
