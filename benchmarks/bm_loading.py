@@ -56,12 +56,8 @@ def main() -> None:
     args = parser.parse_args()
     setup_runtime()
     values = preset_values(args.preset, args.config)
-    variants = {
-        "decoded every epoch (cache_mb 0)": from_dict(Config, merge_dicts(values, {"data": {"cache_mb": 0}})),
-        f"cached (cache_mb {args.cache_mb})": from_dict(
-            Config, merge_dicts(values, {"data": {"cache_mb": args.cache_mb}})
-        ),
-    }
+    cache_sizes = (("decoded every epoch (cache_mb 0)", 0), (f"cached (cache_mb {args.cache_mb})", args.cache_mb))
+    variants = {label: from_dict(Config, merge_dicts(values, {"data": {"cache_mb": mb}})) for label, mb in cache_sizes}
     timings = {name: [] for name in variants}
     checksums = set()
     for _ in range(args.rounds):
